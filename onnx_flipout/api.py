@@ -1,0 +1,190 @@
+"""`compress`: fine-tune with pruning in onnxruntime-training, then quantize and store sparse, and measure it all.
+
+Stages: load and check -> (teacher outputs when there are no labels) -> fine-tune with the pruning hook ->
+write the masked weights back -> calibrate and insert QDQ -> sparse storage -> save atomically -> verify and measure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import data as data_mod
+from .config import CompressConfig
+from .errors import ConfigError
+from .model_io import check_output_path, load_model, save_model_atomic
+from .passes import Sequential
+from .passes.prunable import find_prunable_weights, find_trainable_params
+from .passes.sparse import SparsifyInitializers
+from .passes.weights import SetInitializers
+from .pruning.criteria import make_score
+from .pruning.pruner import Pruner, PruningResult
+from .pruning.schedule import GeometricSchedule
+from .report import Report, TensorStats
+
+
+class _Stages:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def compress(
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    data: data_mod.DataSource,
+    labels: str | None = None,
+    eval_data: data_mod.DataSource | None = None,
+    report: str | os.PathLike | None = None,
+    config: CompressConfig | None = None,
+    **options,
+) -> Report:
+    """Compress the ONNX model at `model` into `output` and return the measured Report.
+
+    `data` / `eval_data`: an .npz path, a dict of arrays, or an iterable of feed dicts, named after the model's inputs;
+    `labels` names the labels array (cross-entropy); without labels the model is distilled from its own outputs.
+    Options are CompressConfig fields (sparsity=0.9, quantize="int8", epochs=20, ...).
+    """
+    cfg = config if config is not None else CompressConfig(**options)
+    stages = _Stages()
+    with stages("load"):
+        out_path = check_output_path(model, output)
+        original = load_model(model)
+        output_name = _output_name(original, cfg.output_name)
+        train_ds = data_mod.conform(data_mod.load(data, labels, "data"), original, labels)
+        if eval_data is not None:
+            eval_ds = data_mod.conform(data_mod.load(eval_data, labels, "eval data"), original, labels)
+        else:
+            train_ds, eval_ds = data_mod.split(train_ds, cfg.eval_fraction, cfg.seed)
+        slots = find_prunable_weights(original)
+        if not slots:
+            raise ConfigError(f"{model}: no prunable weights (float initializers feeding MatMul, Gemm or Conv)")
+
+    from .runtime.evaluate import predict
+    from .runtime.session import make_session
+
+    original_session = make_session(original, cfg.provider)
+    with stages("teacher"):
+        target = train_ds.labels if train_ds.labels is not None else predict(original_session, train_ds, output_name)
+    with stages("fine-tune"):
+        params, pruning, history = _finetune(original, train_ds.inputs, target, output_name, cfg)
+    pruned = SetInitializers(params)(original).model
+    with stages("quantize"):
+        quantized = _quantize(pruned, train_ds, cfg) if cfg.quantize == "int8" else pruned
+    with stages("encode"):
+        final = SparsifyInitializers()(quantized).model
+        onnx.checker.check_model(final)
+        bytes_after = save_model_atomic(final, out_path)
+    rep = Report(
+        model=str(model), output=str(out_path), config=cfg.to_dict(), target_sparsity=cfg.sparsity,
+        achieved_sparsity=pruning.sparsity, prunable_weights=sum(s.size for s in slots),
+        tensors=_tensor_stats(pruning, slots), prune_events=[vars(e) for e in pruning.events],
+        bytes_before=Path(model).stat().st_size, bytes_after=bytes_after, epoch_loss=history.epoch_loss,
+        eval_samples=len(eval_ds), versions=_versions(),
+    )
+    with stages("verify"):
+        _measure(rep, original_session, make_session(out_path, cfg.provider), eval_ds, output_name)
+    from .passes.sizes import storage_report
+
+    rep.storage = storage_report(final, out_path).to_dict()["totals"]
+    rep.stage_seconds = stages.seconds
+    if report is not None:
+        rep.write_json(report)
+    return rep
+
+
+def _output_name(model: onnx.ModelProto, wanted: str | None) -> str:
+    names = [o.name for o in model.graph.output]
+    if wanted is None:
+        return names[0]
+    if wanted not in names:
+        raise ConfigError(f"--output-name {wanted!r} is not a model output (outputs: {', '.join(names)})")
+    return wanted
+
+
+def _finetune(model, inputs, target, output_name, cfg: CompressConfig):
+    from .runtime.artifacts import build_artifacts
+    from .runtime.trainer import Trainer, TrainSettings
+
+    slots = find_prunable_weights(model)
+    loss = "cross_entropy" if target.dtype.kind in "iu" else "mse"
+    pruner = Pruner(
+        [s.name for s in slots],
+        make_score(cfg.criterion, cfg.flipout_p),
+        GeometricSchedule(cfg.sparsity, cfg.prune_rate),
+        noise=cfg.noise,
+        seed=cfg.seed,
+    )
+    settings = TrainSettings(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, seed=cfg.seed, progress=cfg.progress,
+    )
+    with tempfile.TemporaryDirectory(prefix="onnx-flipout-") as tmp:
+        arts = build_artifacts(
+            model, find_trainable_params(model), output_name, loss, cfg.optimizer, Path(tmp), cfg.weight_decay
+        )
+        trainer = Trainer(arts, settings)
+        try:
+            history = trainer.fit(inputs, target, [pruner])
+        except ValueError as exc:  # e.g. too few steps for the schedule
+            raise ConfigError(str(exc)) from None
+        params = trainer.parameters()
+    return params, pruner.result(), history
+
+
+def _quantize(model: onnx.ModelProto, ds: data_mod.Dataset, cfg: CompressConfig) -> onnx.ModelProto:
+    from .passes.quantize import InsertQDQ, activation_tensors
+    from .runtime.calibrate import collect_ranges
+
+    ranges = collect_ranges(
+        model, ds.batches(64, limit=cfg.calibration_samples), activation_tensors(model), cfg.provider
+    )
+    return Sequential([InsertQDQ(ranges)])(model).model
+
+
+def _tensor_stats(pruning: PruningResult, slots) -> list[TensorStats]:
+    stats = []
+    for s in slots:
+        keep = pruning.masks[s.name]
+        flips = pruning.flips[s.name] if pruning.flips is not None else None
+        stats.append(
+            TensorStats(
+                name=s.name, shape=list(s.shape), sparsity=float((~keep).mean()),
+                mean_flips=None if flips is None else float(flips.mean()),
+                flipped_fraction=None if flips is None else float((flips > 0).mean()),
+            )
+        )
+    return stats
+
+
+def _measure(rep: Report, before, after, eval_ds: data_mod.Dataset, output_name: str) -> None:
+    from .runtime.bench import compare_latency
+    from .runtime.evaluate import accuracy, agreement, predict
+
+    ref, out = predict(before, eval_ds, output_name), predict(after, eval_ds, output_name)
+    if eval_ds.labels is not None:
+        rep.accuracy_before, rep.accuracy_after = accuracy(ref, eval_ds.labels), accuracy(out, eval_ds.labels)
+    rep.agreement = agreement(ref, out)
+    for batch in sorted({1, min(32, len(eval_ds))}):
+        feeds = next(eval_ds.batches(batch))
+        t = compare_latency({"original": before, "compressed": after}, feeds)
+        rep.latency_ms[f"batch {batch}"] = {k: v * 1e3 for k, v in t.items()}
+
+
+def _versions() -> dict:
+    import onnxruntime
+
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}

@@ -1,0 +1,86 @@
+"""Options of `compress`, validated once at the door."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .errors import ConfigError
+from .pruning.criteria import CRITERIA as _CRITERIA_TABLE
+
+CRITERIA = tuple(_CRITERIA_TABLE)
+QUANTIZE = ("int8", "none")
+OPTIMIZERS = ("sgd", "adamw")
+PROVIDERS = ("cpu", "cuda")
+DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    sparsity: float = 0.9
+    criterion: str = "flipout"
+    quantize: str = "int8"
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float | None = None  # None: DEFAULT_LR for the optimizer
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    provider: str = "cpu"
+    flipout_p: float = 2.0
+    noise: float = 0.0
+    prune_rate: float = 0.5
+    eval_fraction: float = 0.2
+    calibration_samples: int = 512
+    output_name: str | None = None  # which model output to train on (default: the first)
+    progress: bool = True
+
+    def __post_init__(self):
+        _in_range("sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
+        _choice("criterion", self.criterion, CRITERIA)
+        _choice("quantize", self.quantize, QUANTIZE)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("provider", self.provider, PROVIDERS)
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch-size", self.batch_size)
+        _positive_int("calibration-samples", self.calibration_samples)
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        _in_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        _in_range("weight-decay", self.weight_decay, 0.0, 1.0, hi_open=True)
+        _in_range("prune-rate", self.prune_rate, 0.0, 1.0, lo_open=True, hi_open=True)
+        _in_range("eval-fraction", self.eval_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+        if not self.flipout_p > 0:
+            raise ConfigError(f"--flipout-p must be > 0, got {self.flipout_p}")
+        if not self.noise >= 0:
+            raise ConfigError(f"--noise must be >= 0, got {self.noise}")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["lr"] = self.learning_rate
+        return d
+
+
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"--{name} {value!r} is not supported: choose one of {', '.join(allowed)}")
+
+
+def _positive_int(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
+
+
+def _in_range(name, value, lo, hi, lo_open=False, hi_open=False):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{name} must be a number, got {value!r}") from None
+    ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ConfigError(f"--{name} must be in {interval}, got {value!r}")

@@ -1,0 +1,26 @@
+"""FlipOut's optional gradient noise: N(0, sigma^2) with sigma = lambda * ||g||_2 / sqrt(n), per tensor.
+
+Drawing fresh normals every step more than doubles the step cost (FIELD-NOTES: +120 %); slicing a pre-drawn pool at
+a random offset costs about +6 % and is statistically fine for this purpose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class GradientNoise:
+    def __init__(self, scale: float, sizes: list[int], seed: int = 0):
+        if scale < 0:
+            raise ValueError(f"noise scale must be >= 0, got {scale}")
+        self.scale = scale
+        self._rng = np.random.default_rng(seed)
+        self._pool = self._rng.standard_normal(2 * max(sizes, default=1)).astype(np.float32)
+
+    def add(self, grad: np.ndarray) -> None:
+        n = grad.size
+        sigma = self.scale * float(np.linalg.norm(grad.reshape(-1))) / np.sqrt(n)
+        if sigma == 0.0:
+            return
+        start = int(self._rng.integers(0, self._pool.size - n + 1))
+        grad.reshape(-1)[:] += sigma * self._pool[start : start + n]

@@ -1,0 +1,88 @@
+"""What a compression run did, measured: the JSON report and the terminal table."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class TensorStats:
+    name: str
+    shape: list[int]
+    sparsity: float
+    mean_flips: float | None = None  # mean sign flips per weight over fine-tuning
+    flipped_fraction: float | None = None  # share of weights that flipped at least once
+
+
+@dataclass
+class Report:
+    model: str
+    output: str
+    config: dict
+    target_sparsity: float
+    achieved_sparsity: float = 0.0
+    prunable_weights: int = 0
+    tensors: list[TensorStats] = field(default_factory=list)
+    prune_events: list[dict] = field(default_factory=list)
+    bytes_before: int = 0
+    bytes_after: int = 0
+    storage: dict = field(default_factory=dict)
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    agreement: dict = field(default_factory=dict)
+    latency_ms: dict = field(default_factory=dict)
+    epoch_loss: list[float] = field(default_factory=list)
+    stage_seconds: dict = field(default_factory=dict)
+    eval_samples: int = 0
+    versions: dict = field(default_factory=dict)
+
+    @property
+    def size_ratio(self) -> float:
+        return self.bytes_after / max(self.bytes_before, 1)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["size_ratio"] = self.size_ratio
+        return d
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def format_text(self) -> str:
+        lines = [
+            f"onnx-flipout: {self.model} -> {self.output}",
+            f"  sparsity   target {self.target_sparsity:.4f}  achieved {self.achieved_sparsity:.4f}"
+            f"  over {self.prunable_weights:,} prunable weights ({self.config.get('criterion')})",
+            f"  file size  {_kb(self.bytes_before)} -> {_kb(self.bytes_after)}  ({self.size_ratio:.3f}x)",
+        ]
+        if self.accuracy_before is not None:
+            lines.append(
+                f"  accuracy   {self.accuracy_before:.4f} -> {self.accuracy_after:.4f}"
+                f"  ({self.eval_samples} held-out samples)"
+            )
+        if self.agreement:
+            a = self.agreement
+            lines.append(
+                f"  agreement  top-1 {a['top1_agreement']:.4f}  cosine {a['cosine']:.5f}  max |diff| {a['max_abs_diff']:.4g}"
+            )
+        for batch, ms in self.latency_ms.items():
+            lines.append(
+                f"  latency    {batch}: {ms['original']:.3f} ms -> {ms['compressed']:.3f} ms"
+                f"  (speed-up {ms["original"] / max(ms["compressed"], 1e-12):.2f}x)"
+            )
+        lines.append("  per tensor:")
+        lines.append(f"    {'name':<32} {'shape':<16} {'sparsity':>8} {'flips/w':>8} {'flipped':>8}")
+        for t in self.tensors:
+            flips = "-" if t.mean_flips is None else f"{t.mean_flips:.2f}"
+            flipped = "-" if t.flipped_fraction is None else f"{t.flipped_fraction:.3f}"
+            lines.append(f"    {t.name[:32]:<32} {str(tuple(t.shape)):<16} {t.sparsity:>8.4f} {flips:>8} {flipped:>8}")
+        stages = "  ".join(f"{k} {v:.1f}s" for k, v in self.stage_seconds.items())
+        lines.append(f"  wall time  {stages}")
+        return "\n".join(lines)
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1024**2 else f"{n / 1024**2:.2f} MiB"
