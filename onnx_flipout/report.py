@@ -71,13 +71,13 @@ class Report:
         for batch, ms in self.latency_ms.items():
             lines.append(
                 f"  latency    {batch}: {ms['original']:.3f} ms -> {ms['compressed']:.3f} ms"
-                f"  (speed-up {ms["original"] / max(ms["compressed"], 1e-12):.2f}x)"
+                f"  (speed-up {ms['original'] / max(ms['compressed'], 1e-12):.2f}x)"
             )
         lines.append("  per tensor:")
         lines.append(f"    {'name':<32} {'shape':<16} {'sparsity':>8} {'flips/w':>8} {'flipped':>8}")
         for t in self.tensors:
-            flips = "-" if t.mean_flips is None else f"{t.mean_flips:.2f}"
-            flipped = "-" if t.flipped_fraction is None else f"{t.flipped_fraction:.3f}"
+            flips = "-" if t.mean_flips is None else f"{t.mean_flips:.3g}"
+            flipped = "-" if t.flipped_fraction is None else f"{t.flipped_fraction:.3g}"
             lines.append(f"    {t.name[:32]:<32} {str(tuple(t.shape)):<16} {t.sparsity:>8.4f} {flips:>8} {flipped:>8}")
         stages = "  ".join(f"{k} {v:.1f}s" for k, v in self.stage_seconds.items())
         lines.append(f"  wall time  {stages}")
