@@ -31,7 +31,7 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", choices=QUANTIZE, default=d.quantize)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.01 for sgd, 0.001 for adamw)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.05 for sgd, 0.001 for adamw)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)

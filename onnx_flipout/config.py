@@ -11,7 +11,8 @@ CRITERIA = tuple(_CRITERIA_TABLE)
 QUANTIZE = ("int8", "none")
 OPTIMIZERS = ("sgd", "adamw")
 PROVIDERS = ("cpu", "cuda")
-DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
+# Tuned on the digits MLP (0.05 also holds 99 % sparsity there); lower it for large pretrained models.
+DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 
 
 @dataclass(frozen=True)
