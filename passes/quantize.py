@@ -11,6 +11,12 @@ Formulas (r = s * (q - z)):
       channel gets the tensor-wide scale, so its bias keeps the same resolution as its neighbours'.
   activations, uint8, asymmetric, MinMax range [lo, hi] widened to include 0 (so 0 is exact):
       s_x = (hi - lo) / 255,   z_x = clip(round(-lo / s_x), 0, 255)
+  Relu folding (as quantize_static does): when a quantized tensor (a layer's output; for MatMul, the output of
+  the bias Add after it) feeds only a Relu, the Relu is removed and the tensor is quantized with the Relu
+  output's range instead. That range is [0, hi], so z_x = 0 and the uint8 clamp at 0 *is* the Relu:
+      Q(h; s, 0) = clip(round(h / s), 0, 255) = Q(Relu(h); s, 0)
+  onnxruntime then fuses layer -> layer with no float DequantizeLinear -> QuantizeLinear rescale between them
+  (MatMul keeps its float bias Add between DQ and Q; QLinearMatMul still fuses).
   biases (Gemm C, Conv B), int32, per channel:
       s_b[c] = s_x * s_w[c],   q_b = round(b / s_b[c]),   z_b = 0
       the int8 kernels accumulate sum(q_x * q_w) at scale s_x * s_w, so the bias adds to the accumulator as is.
@@ -42,10 +48,37 @@ def quantizable_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.op_type in _OPS and len(n.input) > 1 and n.input[1] in weights]
 
 
+def relu_folds(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """{pre-Relu tensor: Relu node} for the Relus that quantization removes (see the module docstring).
+
+    The pre-Relu tensor is output 0 of a quantizable node, or for MatMul the output of the Add(bias initializer)
+    that alone consumes it; it must not be a graph output, and a single Relu must be its only consumer.
+    """
+    uses, inits = consumers(model), initializers(model)
+    outputs = {o.name for o in model.graph.output}
+    folds = {}
+    for node in quantizable_nodes(model):
+        t = node.output[0]
+        if node.op_type == "MatMul" and t not in outputs and len(uses[t]) == 1:
+            add, _ = uses[t][0]
+            if add.op_type == "Add" and len(add.input) == 2 and any(i in inits for i in add.input if i != t):
+                t = add.output[0]
+        if t in outputs or len(uses[t]) != 1:
+            continue
+        relu, _ = uses[t][0]
+        if relu.op_type == "Relu" and relu.domain in ("", "ai.onnx"):
+            folds[t] = relu
+    return folds
+
+
 def activation_tensors(model: onnx.ModelProto) -> list[str]:
-    """Float tensors that need a calibration range: input 0 and output 0 of every quantizable node."""
-    inits = initializers(model)
-    names = (t for n in quantizable_nodes(model) for t in (n.input[0], n.output[0]))
+    """Float tensors that need a calibration range: input 0 and output 0 of every quantizable node.
+
+    Where a Relu is folded (relu_folds), its output stands in for its input: calibrate the fp32 model.
+    """
+    inits, folds = initializers(model), relu_folds(model)
+    names = [t for n in quantizable_nodes(model) for t in (n.input[0], n.output[0])] + list(folds)
+    names = [folds[t].output[0] if t in folds else t for t in names]
     return list(dict.fromkeys(t for t in names if t not in inits))
 
 
@@ -119,12 +152,15 @@ class InsertQDQ(Pass):
                 f"no calibration range for tensor(s) {', '.join(map(repr, missing))}: "
                 "calibrate every tensor that activation_tensors(model) lists"
             )
-        qparams = {t: activation_qparams(t, *self.ranges[t]) for t in acts}
+        folds = relu_folds(out)
+        relu_outputs = {r.output[0] for r in folds.values()}
+        ranges = {t: (max(lo, 0.0), hi) if t in relu_outputs else (lo, hi) for t, (lo, hi) in self.ranges.items()}
+        qparams = {t: activation_qparams(t, *ranges[t]) for t in acts}  # Relu outputs: zero point 0, whatever given
         emit = _Emitter(out)
         head, w_scales, dropped = _quantize_weights(out, emit)
         head_b, dropped_b = _quantize_biases(out, emit, nodes, qparams, w_scales)
-        head_a, after = _quantize_activations(out, emit, qparams)
-        _rebuild(out.graph, head + head_b + head_a, after, dropped | dropped_b, emit.inits)
+        head_a, after = _quantize_activations(out, emit, qparams, {r.output[0]: t for t, r in folds.items()})
+        _rebuild(out.graph, head + head_b + head_a, after, dropped | dropped_b, emit.inits, relu_outputs)
         return PassResult(out, True)
 
 
@@ -166,35 +202,44 @@ def _quantize_biases(model, emit, nodes, qparams, w_scales):
     return head, dropped
 
 
-def _quantize_activations(model, emit, qparams):
-    """One Q -> DQ pair per tensor, shared by all its consumers, placed right after its producer."""
+def _quantize_activations(model, emit, qparams, folded):
+    """One Q -> DQ pair per tensor, shared by all its consumers, placed right after its producer.
+
+    folded maps a removed Relu's output to its input: the pair quantizes the input and its DQ writes the output.
+    """
     made_by = {out: i for i, n in enumerate(model.graph.node) for out in n.output}
     outputs = {o.name for o in model.graph.output}
     rename = {}  # consumer rewiring: tensor -> its dequantized copy
     head, after = [], {}
     for t, (scale, zero) in qparams.items():
         s, z = emit.const(f"{t}_scale", scale), emit.const(f"{t}_zero_point", zero)
-        if t in outputs and t in made_by:  # graph outputs keep their names: the producer writes a new name instead
+        producer = made_by.get(folded.get(t, t))
+        if t in folded:  # the Relu goes; its consumers read the DQ, which writes the Relu's output name
+            src, dst = folded[t], t
+        elif t in outputs and producer is not None:  # graph outputs keep their names: the producer writes anew
             src, dst = emit.fresh(f"{t}_float"), t
-            node = model.graph.node[made_by[t]]
+            node = model.graph.node[producer]
             node.output[list(node.output).index(t)] = src
         else:
             src, dst = t, emit.fresh(f"{t}_dequantized")
             rename[t] = dst
         q = emit.fresh(f"{t}_quantized")
         pair = [emit.node("QuantizeLinear", [src, s, z], q), emit.node("DequantizeLinear", [q, s, z], dst)]
-        (after.setdefault(made_by[t], []) if t in made_by else head).extend(pair)
+        (after.setdefault(producer, []) if producer is not None else head).extend(pair)
     for node in model.graph.node:
         for i, name in enumerate(node.input):
             node.input[i] = rename.get(name, name)
     return head, after
 
 
-def _rebuild(graph, head, after, dropped, new_inits) -> None:
-    """Constants and input QDQ first, each activation pair right after its producer: order stays topological."""
+def _rebuild(graph, head, after, dropped, new_inits, removed) -> None:
+    """Constants and input QDQ first, each activation pair right after its producer: order stays topological.
+
+    The nodes that wrote the tensors in `removed` (folded Relus; a DQ in `after` writes them now) leave the graph.
+    """
     order = list(head)
     for i, node in enumerate(graph.node):
-        order += [_copy(node)] + after.get(i, [])
+        order += ([] if node.output[0] in removed else [_copy(node)]) + after.get(i, [])
     kept = [_copy(t) for t in graph.initializer if t.name not in dropped]  # copies survive the clearing below
     del graph.node[:]
     graph.node.extend(order)
