@@ -234,8 +234,8 @@ def profile_hook(pruner: Pruner, params: dict[str, ParamView], reps: int) -> lis
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=150, help="timed training steps per variant per round (default 150)")
-    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    ap.add_argument("--steps", type=int, default=60, help="timed training steps per variant per round (default 60)")
+    ap.add_argument("--rounds", type=int, default=16, help="interleaved rounds (default 16)")
     ap.add_argument("--dataset-size", type=int, default=50_000,
                     help="samples of the realistic run the schedule is built for (x20 epochs; default 50000)")
     ap.add_argument("--target", type=float, default=0.9, help="final sparsity of the schedule (default 0.9)")
@@ -369,7 +369,7 @@ def _run(args, tmp, t_start, model, n_params, prunable, n_prunable, trainable, x
               f"{' > 10 %' if worst > 0.10 else ''}); ms per step, median of 50, copies of the live tensors:")
         for label, ms in profile_hook(pr_d, variants[f"d  Pruner + noise {args.noise:g}"][0].params, 50):
             if label:
-                print(f"  {label:46s} {ms:8.3f}")
+                print(f"  {label:50s} {ms:8.3f}")
     print()
     print(f"total benchmark time {time.perf_counter() - t_start:.0f} s")
     return 0

@@ -64,23 +64,18 @@ def compress(
         out_path = check_output_path(model, output)
         original = load_model(model)
         output_name = _output_name(original, cfg.output_name)
-        train_ds = data_mod.conform(data_mod.load(data, labels, "data"), original, labels)
-        if eval_data is not None:
-            eval_ds = data_mod.conform(data_mod.load(eval_data, labels, "eval data"), original, labels)
-        else:
-            train_ds, eval_ds = data_mod.split(train_ds, cfg.eval_fraction, cfg.seed)
+        train_ds, eval_ds = _datasets(original, data, eval_data, labels, cfg)
         slots = find_prunable_weights(original)
         if not slots:
             raise ConfigError(f"{model}: no prunable weights (float initializers feeding MatMul, Gemm or Conv)")
 
-    from .runtime.evaluate import predict
     from .runtime.session import make_session
 
     original_session = make_session(original, cfg.provider)
     with stages("teacher"):
-        target = train_ds.labels if train_ds.labels is not None else predict(original_session, train_ds, output_name)
+        loss, target = _loss_and_target(original_session, train_ds, output_name, cfg)
     with stages("fine-tune"):
-        params, pruning, history = _finetune(original, train_ds.inputs, target, output_name, cfg)
+        params, pruning, history = _finetune(original, train_ds.inputs, target, output_name, loss, cfg)
     pruned = SetInitializers(params)(original).model
     with stages("quantize"):
         quantized = _quantize(pruned, train_ds, cfg) if cfg.quantize == "int8" else pruned
@@ -90,7 +85,7 @@ def compress(
         bytes_after = save_model_atomic(final, out_path)
     rep = Report(
         model=str(model), output=str(out_path), config=cfg.to_dict(), target_sparsity=cfg.sparsity,
-        achieved_sparsity=pruning.sparsity, prunable_weights=sum(s.size for s in slots),
+        achieved_sparsity=pruning.sparsity, loss=loss.kind, prunable_weights=sum(s.size for s in slots),
         tensors=_tensor_stats(pruning, slots), prune_events=[vars(e) for e in pruning.events],
         bytes_before=Path(model).stat().st_size, bytes_after=bytes_after, epoch_loss=history.epoch_loss,
         eval_samples=len(eval_ds), versions=_versions(),
@@ -106,6 +101,18 @@ def compress(
     return rep
 
 
+def _datasets(model, data, eval_data, labels, cfg: CompressConfig):
+    """(train, held-out). Labels may be only in the eval data: training then distills, evaluation has accuracy."""
+    if eval_data is None:
+        return data_mod.split(data_mod.conform(data_mod.load(data, labels, "data"), model, labels), cfg.eval_fraction,
+                              cfg.seed)
+    train = data_mod.conform(data_mod.load(data, labels, "data", require_labels=False), model, labels)
+    held = data_mod.conform(data_mod.load(eval_data, labels, "eval data", require_labels=False), model, labels)
+    if labels is not None and train.labels is None and held.labels is None:
+        raise data_mod.DataError(f"no array named {labels!r} in {train.origin} or {held.origin}")
+    return train, held
+
+
 def _output_name(model: onnx.ModelProto, wanted: str | None) -> str:
     names = [o.name for o in model.graph.output]
     if wanted is None:
@@ -115,12 +122,26 @@ def _output_name(model: onnx.ModelProto, wanted: str | None) -> str:
     return wanted
 
 
-def _finetune(model, inputs, target, output_name, cfg: CompressConfig):
+def _loss_and_target(session, ds: data_mod.Dataset, output_name: str, cfg: CompressConfig):
+    """Cross-entropy on labels; without labels, distillation from the original model's outputs."""
+    from .runtime.evaluate import predict
+    from .runtime.losses import LossSpec, distillation_loss
+
+    if ds.labels is not None:
+        return LossSpec("cross_entropy"), ds.labels
+    teacher = predict(session, ds, output_name)
+    try:
+        loss = distillation_loss(teacher, cfg.distill)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return loss, loss.targets(teacher)
+
+
+def _finetune(model, inputs, target, output_name, loss, cfg: CompressConfig):
     from .runtime.artifacts import build_artifacts
     from .runtime.trainer import Trainer, TrainSettings
 
     slots = find_prunable_weights(model)
-    loss = "cross_entropy" if target.dtype.kind in "iu" else "mse"
     pruner = Pruner(
         [s.name for s in slots],
         make_score(cfg.criterion, cfg.flipout_p),

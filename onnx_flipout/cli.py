@@ -18,7 +18,7 @@ EXIT_INTERRUPTED = 130
 
 
 def _compress_args(p: argparse.ArgumentParser) -> None:
-    from .config import CRITERIA, OPTIMIZERS, PROVIDERS, QUANTIZE, CompressConfig
+    from .config import CRITERIA, DISTILL, OPTIMIZERS, PROVIDERS, QUANTIZE, CompressConfig
 
     d = CompressConfig()
     p.add_argument("model", help="input ONNX model")
@@ -39,6 +39,8 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise", type=float, default=d.noise, help="FlipOut gradient noise scale lambda (0: off)")
     p.add_argument("--prune-rate", type=float, default=d.prune_rate, help="fraction of remaining weights per event")
     p.add_argument("--output-name", help="model output to train on (default: the first)")
+    p.add_argument("--distill", choices=DISTILL, default=d.distill,
+                   help="loss without --labels: soft cross-entropy on [N, C] logits, or scale-free MSE (default: auto)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--provider", choices=PROVIDERS, default=d.provider)
     p.add_argument("--report", help="write the report as JSON here")
@@ -53,7 +55,7 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         sparsity=a.sparsity, criterion=a.criterion, quantize=a.quantize, epochs=a.epochs, batch_size=a.batch_size,
         lr=a.lr, optimizer=a.optimizer, momentum=a.momentum, weight_decay=a.weight_decay, seed=a.seed,
         provider=a.provider, flipout_p=a.flipout_p, noise=a.noise, prune_rate=a.prune_rate,
-        output_name=a.output_name, progress=not a.no_progress and sys.stderr.isatty(),
+        output_name=a.output_name, distill=a.distill, progress=not a.no_progress and sys.stderr.isatty(),
     )
     rep = compress(a.model, a.output, data=a.data, labels=a.labels, eval_data=a.eval_data, report=a.report, config=cfg)
     print(rep.format_text())

@@ -11,6 +11,7 @@ CRITERIA = tuple(_CRITERIA_TABLE)
 QUANTIZE = ("int8", "none")
 OPTIMIZERS = ("sgd", "adamw")
 PROVIDERS = ("cpu", "cuda")
+DISTILL = ("auto", "logits", "mse")
 # Tuned on the digits MLP (0.05 also holds 99 % sparsity there); lower it for large pretrained models.
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 
@@ -34,6 +35,7 @@ class CompressConfig:
     eval_fraction: float = 0.2
     calibration_samples: int = 512
     output_name: str | None = None  # which model output to train on (default: the first)
+    distill: str = "auto"  # loss without labels: "logits" (soft cross-entropy), "mse", or auto by output shape
     progress: bool = True
 
     def __post_init__(self):
@@ -42,6 +44,7 @@ class CompressConfig:
         _choice("quantize", self.quantize, QUANTIZE)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("provider", self.provider, PROVIDERS)
+        _choice("distill", self.distill, DISTILL)
         _positive_int("epochs", self.epochs)
         _positive_int("batch-size", self.batch_size)
         _positive_int("calibration-samples", self.calibration_samples)

@@ -39,8 +39,10 @@ class Dataset:
             yield {k: v[i : min(i + batch_size, n)] for k, v in self.inputs.items()}
 
 
-def load(source: DataSource, labels: str | None = None, what: str = "data") -> Dataset:
-    """A Dataset from a path, a dict of arrays, an iterable of feed dicts, or a Dataset."""
+def load(source: DataSource, labels: str | None = None, what: str = "data", require_labels: bool = True) -> Dataset:
+    """A Dataset from a path, a dict of arrays, an iterable of feed dicts, or a Dataset.
+
+    With require_labels=False a missing labels array is allowed (the Dataset then has no labels)."""
     if isinstance(source, Dataset):
         return source
     if isinstance(source, (str, os.PathLike)):
@@ -49,9 +51,9 @@ def load(source: DataSource, labels: str | None = None, what: str = "data") -> D
         arrays, origin = {k: np.asarray(v) for k, v in source.items()}, what
     else:
         arrays, origin = _concat_feeds(source, what), what
-    if labels is not None and labels not in arrays:
+    if labels is not None and labels not in arrays and require_labels:
         raise DataError(f"{origin}: no array named {labels!r} for the labels (arrays: {', '.join(sorted(arrays))})")
-    y = arrays.pop(labels) if labels is not None else None
+    y = arrays.pop(labels, None) if labels is not None else None
     if not arrays:
         raise DataError(f"{origin}: holds no input arrays")
     return Dataset(arrays, y, origin)

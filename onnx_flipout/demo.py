@@ -63,10 +63,11 @@ def train_dense(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, epochs: in
     from .passes.prunable import find_trainable_params
     from .passes.weights import SetInitializers
     from .runtime.artifacts import build_artifacts
+    from .runtime.losses import LossSpec
     from .runtime.trainer import Trainer, TrainSettings
 
     with tempfile.TemporaryDirectory(prefix="onnx-flipout-dense-") as tmp:
-        arts = build_artifacts(model, find_trainable_params(model), "logits", "cross_entropy", "sgd", Path(tmp))
+        arts = build_artifacts(model, find_trainable_params(model), "logits", LossSpec("cross_entropy"), "sgd", Path(tmp))
         trainer = Trainer(arts, TrainSettings(epochs=epochs, lr=lr, seed=seed, progress=progress))
         trainer.fit({"x": x}, y)
         return SetInitializers(trainer.parameters())(model).model

@@ -24,6 +24,7 @@ class Report:
     config: dict
     target_sparsity: float
     achieved_sparsity: float = 0.0
+    loss: str = ""  # cross_entropy (labels) or a distillation loss (soft_cross_entropy, mse)
     prunable_weights: int = 0
     tensors: list[TensorStats] = field(default_factory=list)
     prune_events: list[dict] = field(default_factory=list)
@@ -55,7 +56,7 @@ class Report:
         lines = [
             f"onnx-flipout: {self.model} -> {self.output}",
             f"  sparsity   target {self.target_sparsity:.4f}  achieved {self.achieved_sparsity:.4f}"
-            f"  over {self.prunable_weights:,} prunable weights ({self.config.get('criterion')})",
+            f"  over {self.prunable_weights:,} prunable weights ({self.config.get('criterion')}, loss {self.loss})",
             f"  file size  {_kb(self.bytes_before)} -> {_kb(self.bytes_after)}  ({self.size_ratio:.3f}x)",
         ]
         if self.accuracy_before is not None:

@@ -18,15 +18,15 @@ import onnx
 
 from onnx_flipout.errors import TrainingError
 
+from .losses import LossSpec
+
 MAX_IR_VERSION = 10
-LOSSES = ("cross_entropy", "mse")
 OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
 class TrainingArtifacts:
     directory: Path
-    loss: str
     optimizer: str
 
     @property
@@ -78,7 +78,7 @@ def build_artifacts(
     model: onnx.ModelProto,
     trainable: list[str],
     output: str,
-    loss: str,
+    loss: LossSpec,
     optimizer: str,
     directory: Path,
     weight_decay: float = 0.0,
@@ -90,7 +90,6 @@ def build_artifacts(
 
     ort.set_default_logger_severity(3)  # onnxblock runs graph transformers that log every pass at INFO
 
-    losses = {"cross_entropy": ort_artifacts.LossType.CrossEntropyLoss, "mse": ort_artifacts.LossType.MSELoss}
     optimizers = {
         "sgd": ort_artifacts.OptimType.SGD,  # plain SGD; the trainer adds momentum/weight decay on the gradients
         "adamw": onnxblock.optim.AdamW(weight_decay=weight_decay),
@@ -108,7 +107,7 @@ def build_artifacts(
                 base,
                 requires_grad=list(trainable),
                 frozen_params=frozen,
-                loss=losses[loss],
+                loss=loss.block(),
                 optimizer=optimizers[optimizer],
                 artifact_directory=directory,
                 loss_input_names=[output],
@@ -117,7 +116,7 @@ def build_artifacts(
         errors = [ln for ln in log["text"].splitlines() if "[E:" in ln or "Error" in ln][-3:]
         detail = f" ({' | '.join(errors)})" if errors else ""
         raise TrainingError(f"could not build the training graph for output {output!r}: {exc}{detail}") from exc
-    result = TrainingArtifacts(directory, loss, optimizer)
+    result = TrainingArtifacts(directory, optimizer)
     for path in (result.training_model, result.eval_model, result.optimizer_model):
         _lower_ir(path)
     return result

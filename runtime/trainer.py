@@ -96,7 +96,7 @@ class Trainer:
                 losses = []
                 for idx in batch_order(n, s.batch_size, epoch, s.seed):
                     feeds = {**{k: v[idx] for k, v in inputs.items()}, target_name: target[idx]}
-                    loss = float(self.module(*[feeds[name] for name in feed_names]))
+                    loss = float(np.asarray(self.module(*[feeds[name] for name in feed_names])).reshape(-1)[0])
                     if not math.isfinite(loss):
                         raise TrainingError(
                             f"loss became {loss} at step {history.steps + 1}: lower the learning rate (--lr)"

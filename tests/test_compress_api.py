@@ -95,3 +95,19 @@ def test_non_onnx_file_and_overwriting_the_input(digits_files, tmp_path):
         compress(junk, tmp_path / "o.onnx", data=digits_files["train"], labels="y")
     with pytest.raises(OutputError, match="overwrite the input"):
         compress(digits_files["model"], digits_files["model"], data=digits_files["train"], labels="y")
+
+
+def test_soft_target_distillation_keeps_agreement_at_high_sparsity(digits_files, tmp_path):
+    """Unlabeled training data, labels only for evaluation: distilled with soft cross-entropy."""
+    train = dict(np.load(digits_files["train"]))
+    rep = compress(digits_files["model"], tmp_path / "s.onnx", data={"x": train["x"]}, eval_data=digits_files["test"],
+                   labels="y", sparsity=0.9, epochs=8, progress=False)
+    assert rep.loss == "soft_cross_entropy"
+    assert rep.agreement["top1_agreement"] > 0.95 and rep.accuracy_after > rep.accuracy_before - 0.03
+
+
+def test_mse_distillation_is_scale_free(digits_files, tmp_path):
+    train = dict(np.load(digits_files["train"]))
+    rep = compress(digits_files["model"], tmp_path / "m.onnx", data={"x": train["x"]}, sparsity=0.75,
+                   quantize="none", distill="mse", epochs=6, progress=False)
+    assert rep.loss == "mse" and rep.agreement["cosine"] > 0.95

@@ -38,10 +38,11 @@ def test_hooks_see_live_gradients_and_weights(digits_files, tmp_path):
 
     from onnx_flipout.passes.prunable import find_trainable_params
     from onnx_flipout.runtime.artifacts import build_artifacts
+    from onnx_flipout.runtime.losses import LossSpec
     from onnx_flipout.runtime.trainer import Trainer, TrainSettings
 
     model = onnx.load(str(digits_files["model"]))
-    arts = build_artifacts(model, find_trainable_params(model), "logits", "cross_entropy", "sgd", tmp_path)
+    arts = build_artifacts(model, find_trainable_params(model), "logits", LossSpec("cross_entropy"), "sgd", tmp_path)
     trainer = Trainer(arts, TrainSettings(epochs=1, lr=0.1, momentum=0.0, progress=False))
     seen = []
 
