@@ -3,7 +3,7 @@
 Method
 ------
 * Model: ``build_mlp((1024, 768, 256, 10))`` (Gemm + Relu, 986,634 parameters, of which 985,600 in the three prunable
-  Gemm weights), trained through the real path: ``build_artifacts(..., "cross_entropy", "sgd")`` and
+  Gemm weights), trained through the real path: ``build_artifacts(..., cross-entropy, "sgd")`` and
   ``Trainer.fit`` (SGD with the trainer's momentum 0.9), batch 32, random inputs and random labels.
 * Variants, each with its own ``Trainer`` (own weights, own onnxruntime session) built from the same artifacts:
     a. no hook;
@@ -47,6 +47,7 @@ from onnx_flipout.pruning.pruner import Pruner
 from onnx_flipout.pruning.schedule import GeometricSchedule
 from onnx_flipout.pruning.scores import FlipOutScore
 from onnx_flipout.runtime.artifacts import build_artifacts
+from onnx_flipout.runtime.losses import LossSpec
 from onnx_flipout.runtime.trainer import Trainer, TrainSettings
 
 LAYERS = (1024, 768, 256, 10)
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, tmp, t_start, model, n_params, prunable, n_prunable, trainable, x, y,
          realistic_total, schedule, events, period, settings) -> int:
-    arts = build_artifacts(model, trainable, "logits", "cross_entropy", "sgd", Path(tmp))
+    arts = build_artifacts(model, trainable, "logits", LossSpec("cross_entropy"), "sgd", Path(tmp))
     variants: dict[str, tuple[Trainer, Timed | None]] = {}
     variants["a  no hook"] = (Trainer(arts, settings), None)
     variants["b  flip counting"] = (Trainer(arts, settings), Timed(FlipCountHook(prunable)))

@@ -29,6 +29,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     seed: int = 0
     progress: bool = True
+    spin: bool = False  # let onnxruntime's idle threads spin-wait between steps
 
 
 @dataclass
@@ -67,11 +68,16 @@ def batch_order(n: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarr
 
 class Trainer:
     def __init__(self, artifacts: TrainingArtifacts, settings: TrainSettings):
+        import onnxruntime as ort
         from onnxruntime.training.api import CheckpointState, Module, Optimizer
 
         self.settings = settings
         self.state = CheckpointState.load_checkpoint(str(artifacts.checkpoint))
-        self.module = Module(str(artifacts.training_model), self.state, str(artifacts.eval_model))
+        opts = ort.SessionOptions()
+        # Idle onnxruntime threads spin-wait by default and then compete with the numpy hooks that run between steps
+        # (on 2 cores the hook cost doubled); benchmarks/flip_hook_cost.py measures it.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spin else "0")
+        self.module = Module(str(artifacts.training_model), self.state, str(artifacts.eval_model), session_options=opts)
         self.optimizer = Optimizer(str(artifacts.optimizer_model), self.module)
         self.optimizer.set_learning_rate(settings.lr)
         self.momentum_sgd = artifacts.optimizer == "sgd"

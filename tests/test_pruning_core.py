@@ -127,3 +127,23 @@ def test_pruner_reaches_target_and_keeps_pruned_weights_zero():
     assert result.sparsity == pytest.approx(round(250 * 0.9) / 250)
     assert [e.step for e in result.events] == [10, 20, 30, 40]
     assert sum(int(c.sum()) for c in result.flips.values()) > 0
+
+
+def test_flip_counts_survive_uint8_folding():
+    w = np.array([1.0, -1.0], dtype=np.float32)
+    fc = FlipCounter({"w": w})
+    for _ in range(600):  # more than 255 flips: a uint8 accumulator must have been folded
+        w *= -1
+        fc.update({"w": w})
+    assert fc.counts["w"].tolist() == [600, 600]
+
+
+def test_mask_zeroing_gives_positive_zero_and_touches_only_pruned():
+    masks = MaskSet({"w": (4,)})
+    masks.prune("w", np.array([1, 3]))
+    w = np.array([-1.5, -2.0, np.inf, -0.5], dtype=np.float32)
+    masks.zero({"w": w})
+    assert w.tolist() == [-1.5, 0.0, np.inf, 0.0] and not np.signbit(w[[1, 3]]).any()
+    w64 = np.array([1.0, 2.0, 3.0, 4.0])  # non-float32 path
+    masks.zero({"w": w64})
+    assert w64.tolist() == [1.0, 0.0, 3.0, 0.0]
