@@ -1,4 +1,8 @@
-"""Typed errors. Each class has its own CLI exit code; messages name the file, tensor or option and the remedy."""
+"""Typed errors. Each class has its own CLI exit code; messages name the file, tensor or option and the remedy.
+
+Subclasses keep their parent's meaning (an UnsafeModelError is a ModelError, so `except ModelError` still catches it)
+but get a code of their own, so scripts can tell "broken model" from "hostile model" from "too big for this machine".
+"""
 
 from __future__ import annotations
 
@@ -37,3 +41,16 @@ class OutputError(FlipoutError):
     """The output cannot be written where asked (would overwrite the input, no space, ...)."""
 
     exit_code = 6
+
+
+class UnsafeModelError(ModelError):
+    """The model points outside its own folder: external data via `..`, an absolute path, a symlink or hardlink,
+    a device/FIFO, or onnxruntime's in-memory address markers. Refused before anything is read from there."""
+
+    exit_code = 7
+
+
+class ModelTooLargeError(ModelError):
+    """The model declares more tensor bytes than the memory budget (`max_bytes`) or than protobuf can hold."""
+
+    exit_code = 8
