@@ -23,9 +23,9 @@ from .passes import Sequential
 from .passes.prunable import find_prunable_weights, find_trainable_params
 from .passes.sparse import SparsifyInitializers
 from .passes.weights import SetInitializers
-from .pruning.criteria import make_score
-from .pruning.pruner import Pruner, PruningResult
-from .pruning.schedule import GeometricSchedule
+from .pruning.criteria import Criterion, make_criterion
+from .pruning.pruner import Probes, Pruner, PruningResult
+from .pruning.scores import GRADIENTS, LAYER_INPUTS
 from .report import Report, TensorStats
 
 
@@ -83,8 +83,10 @@ def compress(
         final = SparsifyInitializers()(quantized).model
         onnx.checker.check_model(final)
         bytes_after = save_model_atomic(final, out_path)
+    # with NNrelief's alpha there is no target: the report's target repeats what alpha achieved
+    target_sparsity = cfg.sparsity if cfg.alpha is None else pruning.sparsity
     rep = Report(
-        model=str(model), output=str(out_path), config=cfg.to_dict(), target_sparsity=cfg.sparsity,
+        model=str(model), output=str(out_path), config=cfg.to_dict(), target_sparsity=target_sparsity,
         achieved_sparsity=pruning.sparsity, loss=loss.kind, prunable_weights=sum(s.size for s in slots),
         tensors=_tensor_stats(pruning, slots), prune_events=[vars(e) for e in pruning.events],
         bytes_before=Path(model).stat().st_size, bytes_after=bytes_after, epoch_loss=history.epoch_loss,
@@ -142,13 +144,7 @@ def _finetune(model, inputs, target, output_name, loss, cfg: CompressConfig):
     from .runtime.trainer import Trainer, TrainSettings
 
     slots = find_prunable_weights(model)
-    pruner = Pruner(
-        [s.name for s in slots],
-        make_score(cfg.criterion, cfg.flipout_p),
-        GeometricSchedule(cfg.sparsity, cfg.prune_rate),
-        noise=cfg.noise,
-        seed=cfg.seed,
-    )
+    criterion = make_criterion(cfg.criterion, cfg.criterion_options())
     settings = TrainSettings(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, momentum=cfg.momentum,
         weight_decay=cfg.weight_decay, seed=cfg.seed, progress=cfg.progress,
@@ -158,12 +154,42 @@ def _finetune(model, inputs, target, output_name, loss, cfg: CompressConfig):
             model, find_trainable_params(model), output_name, loss, cfg.optimizer, Path(tmp), cfg.weight_decay
         )
         trainer = Trainer(arts, settings)
+        pruner = Pruner(
+            [s.name for s in slots], criterion.score, criterion.schedule, criterion.selection,
+            noise=cfg.noise, seed=cfg.seed, probes=_probes(criterion, trainer, model, slots, inputs, target, cfg),
+        )
         try:
             history = trainer.fit(inputs, target, [pruner])
         except ValueError as exc:  # e.g. too few steps for the schedule
             raise ConfigError(str(exc)) from None
         params = trainer.parameters()
     return params, pruner.result(), history
+
+
+def _probes(criterion: Criterion, trainer, model, slots, inputs, target, cfg: CompressConfig) -> Probes:
+    """What the criterion's score needs from the runtime, measured on a seeded sample of the training data
+    (up to calibration_samples): SNIP's gradients and NNrelief's layer inputs."""
+    needs = criterion.score.needs
+    if not needs & {GRADIENTS, LAYER_INPUTS}:
+        return Probes()
+    n = len(target)
+    # a random sample, not the first rows: user data may be sorted by class
+    sample = np.sort(np.random.default_rng([cfg.seed, 1]).permutation(n)[: min(n, cfg.calibration_samples)])
+    probes = Probes()
+    if GRADIENTS in needs:
+        from .runtime.gradients import mean_gradients
+
+        batches = [sample[i : i + cfg.batch_size] for i in range(0, len(sample), cfg.batch_size)]
+        names = [s.name for s in slots]
+        probes.gradients = lambda: mean_gradients(trainer, inputs, target, batches, names)
+    if LAYER_INPUTS in needs:
+        from .runtime.activations import layer_inputs
+
+        feeds = [{k: v[sample[i : i + 256]] for k, v in inputs.items()} for i in range(0, len(sample), 256)]
+        probes.layer_inputs = lambda: layer_inputs(
+            SetInitializers(trainer.parameters())(model).model, slots, feeds, cfg.provider
+        )
+    return probes
 
 
 def _quantize(model: onnx.ModelProto, ds: data_mod.Dataset, cfg: CompressConfig) -> onnx.ModelProto:

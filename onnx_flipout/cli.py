@@ -27,7 +27,8 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="name of the labels array in --data/--eval-data (else: distill from the model)")
     p.add_argument("--eval-data", help="held-out .npz (default: a seeded split of --data)")
     p.add_argument("--sparsity", type=float, default=d.sparsity, help="fraction of prunable weights to remove [0, 1)")
-    p.add_argument("--criterion", choices=CRITERIA, default=d.criterion)
+    p.add_argument("--criterion", choices=CRITERIA, default=d.criterion,
+                   help="what to prune by (table in onnx_flipout/pruning/criteria.py; default: flipout)")
     p.add_argument("--quantize", choices=QUANTIZE, default=d.quantize)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -38,6 +39,10 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flipout-p", type=float, default=d.flipout_p, help="exponent p in |w|^p / (flips + 1)")
     p.add_argument("--noise", type=float, default=d.noise, help="FlipOut gradient noise scale lambda (0: off)")
     p.add_argument("--prune-rate", type=float, default=d.prune_rate, help="fraction of remaining weights per event")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="nnrelief only: keep per neuron the connections holding this share of its importance, "
+                        "instead of aiming at --sparsity")
+    p.add_argument("--prune-events", type=int, default=None, help="with --alpha: number of prune events (default 4)")
     p.add_argument("--output-name", help="model output to train on (default: the first)")
     p.add_argument("--distill", choices=DISTILL, default=d.distill,
                    help="loss without --labels: soft cross-entropy on [N, C] logits, or scale-free MSE (default: auto)")
@@ -55,6 +60,7 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         sparsity=a.sparsity, criterion=a.criterion, quantize=a.quantize, epochs=a.epochs, batch_size=a.batch_size,
         lr=a.lr, optimizer=a.optimizer, momentum=a.momentum, weight_decay=a.weight_decay, seed=a.seed,
         provider=a.provider, flipout_p=a.flipout_p, noise=a.noise, prune_rate=a.prune_rate,
+        alpha=a.alpha, prune_events=a.prune_events,
         output_name=a.output_name, distill=a.distill, progress=not a.no_progress and sys.stderr.isatty(),
     )
     rep = compress(a.model, a.output, data=a.data, labels=a.labels, eval_data=a.eval_data, report=a.report, config=cfg)
@@ -81,11 +87,15 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
+    from .model_io import load_model
     from .runtime.bench import compare_latency, random_feeds
     from .runtime.session import make_session
 
     models = [a.model] + (a.compare or [])
-    sessions = {m: make_session(m, a.provider, threads=a.threads) for m in models}
+    # Validate every model before onnxruntime sees any, and give it the validated bytes, not the path (which could
+    # be swapped, and whose external data onnxruntime would follow unchecked).
+    checked = {m: load_model(m) for m in models}
+    sessions = {m: make_session(checked[m], a.provider, threads=a.threads) for m in models}
     feeds = random_feeds(sessions[a.model], a.batch)
     times = compare_latency(sessions, feeds, rounds=a.rounds)
     base = times[a.model]

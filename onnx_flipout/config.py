@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from .errors import ConfigError
+from .pruning.criteria import ALPHA_CRITERIA, CriterionOptions
 from .pruning.criteria import CRITERIA as _CRITERIA_TABLE
 
 CRITERIA = tuple(_CRITERIA_TABLE)
@@ -32,6 +33,8 @@ class CompressConfig:
     flipout_p: float = 2.0
     noise: float = 0.0
     prune_rate: float = 0.5
+    alpha: float | None = None  # NNrelief: per-neuron keep fraction of importance, instead of a target sparsity
+    prune_events: int | None = None  # NNrelief with alpha: number of prune events (default 4)
     eval_fraction: float = 0.2
     calibration_samples: int = 512
     output_name: str | None = None  # which model output to train on (default: the first)
@@ -58,6 +61,23 @@ class CompressConfig:
             raise ConfigError(f"--flipout-p must be > 0, got {self.flipout_p}")
         if not self.noise >= 0:
             raise ConfigError(f"--noise must be >= 0, got {self.noise}")
+        self._check_alpha()
+
+    def _check_alpha(self) -> None:
+        if self.alpha is not None:
+            if self.criterion not in ALPHA_CRITERIA:
+                raise ConfigError(f"--alpha applies to --criterion {' or '.join(ALPHA_CRITERIA)}, "
+                                  f"not {self.criterion!r}; give --sparsity instead")
+            _in_range("alpha", self.alpha, 0.0, 1.0, lo_open=True)
+        if self.prune_events is not None:
+            if self.alpha is None:
+                raise ConfigError("--prune-events sets the number of NNrelief events with --alpha; "
+                                  "with --sparsity the schedule derives it")
+            _positive_int("prune-events", self.prune_events)
+
+    def criterion_options(self) -> CriterionOptions:
+        return CriterionOptions(sparsity=self.sparsity, prune_rate=self.prune_rate, flipout_p=self.flipout_p,
+                                alpha=self.alpha, prune_events=self.prune_events, seed=self.seed)
 
     @property
     def learning_rate(self) -> float:

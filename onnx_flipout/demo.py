@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .model_io import save_model_atomic
 
 LAYERS = (64, 300, 100, 10)
+CNN_CHANNELS = (1, 16, 32)
 
 
 def load_digits(seed: int = 0, test_fraction: float = 0.2):
@@ -50,6 +51,40 @@ def build_mlp(layers=LAYERS, seed: int = 0, opset: int = 17) -> onnx.ModelProto:
         nodes, "digits_mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", layers[0]])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", layers[-1]])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
+def build_cnn(channels=CNN_CHANNELS, image: int = 8, classes: int = 10, seed: int = 0,
+              opset: int = 17) -> onnx.ModelProto:
+    """Digits CNN on [N, 1, 8, 8]: Conv 3x3 (pad 1) + Relu per entry of `channels`, MaxPool 2x2, Flatten, Gemm.
+
+    Defaults: conv16, conv32, fc (512 -> 10). torch's default uniform init (bound 1/sqrt(fan_in)); 'x' -> 'logits'."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+
+    def param(name, shape, fan_in):
+        bound = 1.0 / np.sqrt(fan_in)
+        inits.append(numpy_helper.from_array(rng.uniform(-bound, bound, shape).astype(np.float32), name))
+        return name
+
+    for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:]), start=1):
+        w, b = param(f"conv{i}.weight", (cout, cin, 3, 3), cin * 9), param(f"conv{i}.bias", (cout,), cin * 9)
+        nodes.append(helper.make_node("Conv", [prev, w, b], [f"conv{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"], name=f"relu{i}"))
+        prev = f"relu{i}"
+    nodes.append(helper.make_node("MaxPool", [prev], ["pool"], name="pool", kernel_shape=[2, 2], strides=[2, 2]))
+    nodes.append(helper.make_node("Flatten", ["pool"], ["flat"], name="flatten", axis=1))
+    fan_in = channels[-1] * (image // 2) ** 2
+    w, b = param("fc.weight", (classes, fan_in), fan_in), param("fc.bias", (classes,), fan_in)
+    nodes.append(helper.make_node("Gemm", ["flat", w, b], ["logits"], name="fc", transB=1))
+    graph = helper.make_graph(
+        nodes, "digits_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", channels[0], image, image])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)

@@ -50,7 +50,11 @@ class Report:
         return d
 
     def write_json(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Atomically (temporary file + rename): a failure, disk full included, leaves no partial JSON and any
+        previous report intact, and raises OutputError."""
+        from .model_io import write_bytes_atomic
+
+        write_bytes_atomic(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode(), "report")
 
     def format_text(self) -> str:
         lines = [

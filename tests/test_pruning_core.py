@@ -8,10 +8,24 @@ from hypothesis import strategies as st
 from onnx_flipout.hooks import ParamView
 from onnx_flipout.pruning.flips import FlipCounter
 from onnx_flipout.pruning.masks import MaskSet
-from onnx_flipout.pruning.pruner import Pruner
-from onnx_flipout.pruning.schedule import GeometricSchedule
-from onnx_flipout.pruning.scores import FlipOutScore, MagnitudeScore, ScoreContext
-from onnx_flipout.pruning.selection import prune_global
+from onnx_flipout.pruning.criteria import CRITERIA, CriterionOptions, make_criterion
+from onnx_flipout.pruning.nnrelief import NeuronInputs, NNReliefScore, relief_thresholds
+from onnx_flipout.pruning.pruner import Probes, Pruner
+from onnx_flipout.pruning.schedule import (
+    CubicSchedule,
+    GeometricSchedule,
+    OneShotSchedule,
+    PeriodicSchedule,
+    PruneEvent,
+)
+from onnx_flipout.pruning.scores import FlipOutScore, MagnitudeScore, RandomScore, ScoreContext, SnipScore
+from onnx_flipout.pruning.selection import (
+    GlobalSelection,
+    LayerwiseSelection,
+    ThresholdSelection,
+    layerwise_counts,
+    prune_global,
+)
 
 
 def test_flip_counter_counts_sign_changes_against_previous_step():
@@ -147,3 +161,152 @@ def test_mask_zeroing_gives_positive_zero_and_touches_only_pruned():
     w64 = np.array([1.0, 2.0, 3.0, 4.0])  # non-float32 path
     masks.zero({"w": w64})
     assert w64.tolist() == [1.0, 0.0, 3.0, 0.0]
+
+
+# ------------------------------------------------------------------------------- criteria beside FlipOut (issue 3)
+
+
+def _apply(selection, scores, masks, n_after):
+    for name, idx in selection(scores, masks, n_after).items():
+        masks.prune(name, idx)
+
+
+def test_cubic_schedule_follows_zhu_gupta_and_ends_exactly():
+    # T = 16: span = 12 steps, dt = 3, n = 4; s_j = 0.5 * (1 - (1 - j/4)^3)
+    ev = CubicSchedule(0.5, max_events=4).events(total_steps=16, n_weights=1000)
+    assert [e.step for e in ev] == [3, 6, 9, 12]
+    assert [e.n_pruned_after for e in ev] == [round(289.0625), round(437.5), round(492.1875), 500]
+    long = CubicSchedule(0.9961).events(total_steps=900, n_weights=50_200)
+    assert len(long) <= 50 and long[-1].step <= 675 and long[-1].n_pruned_after == round(50_200 * 0.9961)
+    counts = [e.n_pruned_after for e in long]
+    assert counts == sorted(set(counts))  # strictly increasing: no empty events
+    assert np.diff(counts)[0] > np.diff(counts)[-1]  # fast first, slow near the target
+
+
+def test_cubic_schedule_needs_steps_and_handles_zero_target():
+    assert CubicSchedule(0.0).events(10, 100) == []
+    with pytest.raises(ValueError, match="training steps"):
+        CubicSchedule(0.5).events(1, 100)
+
+
+def test_one_shot_and_periodic_schedules():
+    assert OneShotSchedule(0.9).events(100, 1001) == [PruneEvent(0, 901)]  # step 0: before the first step
+    ev = PeriodicSchedule(3).events(100, 10)
+    assert [e.step for e in ev] == [25, 50, 75] and all(e.n_pruned_after is None for e in ev)
+
+
+def test_nnrelief_thresholds_hand_computed():
+    # one neuron, importances 4, 3, 2, 1, no bias: total 10, shares before each = 0, .4, .7, .9
+    a = relief_thresholds(np.array([[4.0, 3.0, 2.0, 1.0]]), None, out_axis=0)
+    assert a.tolist() == [[0.0, 0.4, 0.7, 0.9]]
+    # with a bias of 5 ranked first: total 15, before = 5, 9, 12, 14
+    a = relief_thresholds(np.array([[4.0, 3.0, 2.0, 1.0]]), np.array([5.0]), out_axis=0)
+    assert a.tolist() == [[5 / 15, 9 / 15, 12 / 15, 14 / 15]]
+    # output units on axis 1 (MatMul layout [in, out]); a dead neuron (all zero) has nothing worth keeping
+    a = relief_thresholds(np.array([[2.0, 0.0], [2.0, 0.0]]), None, out_axis=1)
+    assert a.tolist() == [[0.0, 1.0], [0.5, 1.0]]
+
+
+def _relief_ctx(w, input_abs, bias):
+    return ScoreContext({"w": w}, layer_inputs={"w": NeuronInputs(input_abs, bias, 0)})
+
+
+def test_nnrelief_alpha_keeps_smallest_set_reaching_alpha():
+    # |x| carries the importance here: the weights are equal, so magnitude could not tell them apart
+    w = np.array([[1.0, -1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    x_abs = np.array([[4.0, 3.0, 2.0, 1.0]])
+    ctx = _relief_ctx(w, x_abs, np.array([0.0, 5.0]))
+    scores = NNReliefScore()(ctx)
+    masks = MaskSet({"w": w.shape})
+    _apply(ThresholdSelection(-0.7), scores, masks, None)
+    # neuron 0: 4 + 3 = 0.7 of 10 -> keep 2; neuron 1: bias 5 + 4 + 3 = 12 of 15 = 0.8 >= 0.7 -> keep 2 connections
+    assert masks.keep["w"].tolist() == [[True, True, False, False], [True, True, False, False]]
+    masks = MaskSet({"w": w.shape})
+    _apply(ThresholdSelection(-0.75), scores, masks, None)
+    assert masks.keep["w"].tolist() == [[True, True, True, False], [True, True, False, False]]
+
+
+def test_nnrelief_target_count_is_the_bisection_limit():
+    w = np.ones((2, 4))
+    ctx = _relief_ctx(w, np.array([[4.0, 3.0, 2.0, 1.0]]), np.array([0.0, 5.0]))
+    masks = MaskSet({"w": w.shape})
+    # a: neuron 0 = 0, .4, .7, .9; neuron 1 = 1/3, .6, .8, .933: the three largest are .933, .9, .8
+    _apply(GlobalSelection(), NNReliefScore()(ctx), masks, 3)
+    assert masks.keep["w"].tolist() == [[True, True, True, False], [True, True, False, False]]
+    # beyond any alpha: each neuron's top connection (a = 0) goes last, the one carrying less signal first
+    scores = NNReliefScore()(_relief_ctx(np.array([[3.0, 1.0], [1.0, 1.0]]), np.ones((1, 2)), None))
+    masks = MaskSet({"w": (2, 2)})
+    _apply(GlobalSelection(), scores, masks, 3)
+    assert masks.keep["w"].tolist() == [[True, False], [False, False]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 60), min_size=1, max_size=5), target=st.floats(0.0, 0.999),
+       seed=st.integers(0, 10_000))
+def test_layerwise_selection_exact_total_same_fraction_no_resurrection(sizes, target, seed):
+    rng = np.random.default_rng(seed)
+    weights = {f"t{i}": rng.normal(size=n) for i, n in enumerate(sizes)}
+    masks = MaskSet({k: v.shape for k, v in weights.items()})
+    total, before = masks.total, None
+    for event in GeometricSchedule(target).events(total_steps=100, n_weights=total):
+        _apply(LayerwiseSelection(), MagnitudeScore()(ScoreContext(weights)), masks, event.n_pruned_after)
+        assert masks.n_pruned == event.n_pruned_after
+        for k, frac in masks.tensor_sparsity().items():  # every tensor within 2 weights of the common fraction
+            assert abs(frac * weights[k].size - event.n_pruned_after / total * weights[k].size) < 2
+        if before is not None:
+            assert all(np.all(masks.keep[k] <= before[k]) for k in before)
+        before = masks.state()
+
+
+def test_layerwise_counts_hand_example():
+    assert layerwise_counts([10, 30], [0, 0], 20) == [5, 15]
+    assert layerwise_counts([3, 3, 3], [0, 0, 0], 4) == [2, 1, 1]  # largest remainder, ties by position
+    assert layerwise_counts([3, 3, 3], [2, 0, 0], 5) == [2, 2, 1]  # an earlier round-up is absorbed by the others
+    with pytest.raises(ValueError):
+        layerwise_counts([3], [2], 1)
+
+
+def test_random_score_is_seeded():
+    ctx = ScoreContext({"a": np.zeros((5, 7)), "b": np.zeros(11)})
+    one, two, other = RandomScore(3), RandomScore(3), RandomScore(4)
+    for _ in range(2):  # fresh draws per event, the same sequence for the same seed
+        s1, s2, s3 = one(ctx), two(ctx), other(ctx)
+        assert all(np.array_equal(s1[k], s2[k]) for k in s1) and not np.array_equal(s1["a"], s3["a"])
+
+
+def test_snip_score_is_gradient_times_weight():
+    ctx = ScoreContext({"w": np.array([2.0, -3.0, 0.5])}, gradients={"w": np.array([0.5, 1.0, -4.0])})
+    assert SnipScore()(ctx)["w"].tolist() == [1.0, 3.0, 2.0]
+    with pytest.raises(ValueError, match="gradients"):
+        SnipScore()(ScoreContext({"w": np.ones(2)}))
+
+
+def test_pruner_refuses_a_score_without_its_probe():
+    with pytest.raises(ValueError, match="gradients probe"):
+        Pruner(["w"], SnipScore(), OneShotSchedule(0.5))
+
+
+def test_one_shot_prunes_before_the_first_step_from_probe_gradients():
+    rng = np.random.default_rng(0)
+    params = {"w": ParamView(rng.normal(size=(8, 8)).astype(np.float32), np.zeros((8, 8), np.float32))}
+    grads = rng.normal(size=(8, 8))
+    pruner = Pruner(["w"], SnipScore(), OneShotSchedule(0.75), probes=Probes(gradients=lambda: {"w": grads}))
+    pruner.on_start(params, total_steps=10)
+    assert pruner.masks.n_pruned == 48 and [e.step for e in pruner.log] == [0]
+    kept = np.abs(grads * params["w"].data)[pruner.masks.keep["w"]]
+    assert kept.min() >= np.abs(grads * params["w"].data)[~pruner.masks.keep["w"]].max()
+    assert np.all(params["w"].data[~pruner.masks.keep["w"]] == 0)
+
+
+@pytest.mark.parametrize("name", list(CRITERIA))
+def test_every_criterion_hits_the_exact_target_in_simulation(name):
+    rng = np.random.default_rng(1)
+    shapes = {"w1": (20, 10), "w2": (10, 5)}
+    params = {n: ParamView(rng.normal(size=s).astype(np.float32), np.zeros(s, np.float32)) for n, s in shapes.items()}
+    probes = Probes(gradients=lambda: {n: rng.normal(size=s) for n, s in shapes.items()},
+                    layer_inputs=lambda: {n: NeuronInputs(np.abs(rng.normal(size=(1, s[1]))), None, 0)
+                                          for n, s in shapes.items()})
+    c = make_criterion(name, CriterionOptions(sparsity=0.95, seed=2))
+    pruner = Pruner(list(shapes), c.score, c.schedule, c.selection, probes=probes)
+    _simulate(pruner, params, steps=60, rng=rng)
+    assert pruner.result().sparsity == round(250 * 0.95) / 250

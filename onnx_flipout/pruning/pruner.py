@@ -2,12 +2,17 @@
 
 Order within a step (as in the FlipOut reference code): noise is added to the gradients, pruned gradients are zeroed,
 the optimizer steps, pruned weights are zeroed again (momentum or Adam state could otherwise move them), flips are
-counted against the signs before the step, and at a scheduled step the lowest-scoring weights are pruned globally.
+counted against the signs before the step, and at a scheduled step the selection prunes the lowest-scoring weights.
+An event at step 0 (one-shot criteria such as SNIP) is applied in on_start, before the first step.
+
+Scores that need more than weights and flips (gradients, layer inputs) get them from `Probes`: callables the runtime
+supplies, so this module stays plain numpy and never imports onnxruntime.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -15,15 +20,24 @@ from ..hooks import ParamView
 from .flips import FlipCounter
 from .masks import MaskSet
 from .noise import GradientNoise
-from .schedule import GeometricSchedule, PruneEvent
-from .scores import Score, ScoreContext
-from .selection import prune_global
+from .schedule import PruneEvent, Schedule
+from .scores import GRADIENTS, LAYER_INPUTS, Score, ScoreContext
+from .selection import GlobalSelection, Selection
+
+
+@dataclass
+class Probes:
+    """Measurements only the runtime can make, taken on the current weights when an event needs them."""
+
+    gradients: Callable[[], dict[str, np.ndarray]] | None = None  # mean loss gradient per prunable tensor
+    layer_inputs: Callable[[], dict] | None = None  # nnrelief.NeuronInputs per prunable tensor
 
 
 @dataclass
 class PruneLog:
     step: int
     sparsity: float
+    threshold: float | None = None  # highest score pruned at this event (NNrelief: minus the event's alpha)
 
 
 @dataclass
@@ -39,10 +53,16 @@ class PruningResult:
 
 
 class Pruner:
-    """A TrainingHook that prunes `names` to the schedule's target by `score`."""
+    """A TrainingHook that prunes `names` on `schedule`, choosing weights by `score` and `selection`."""
 
-    def __init__(self, names: list[str], score: Score, schedule: GeometricSchedule, noise: float = 0.0, seed: int = 0):
+    def __init__(self, names: list[str], score: Score, schedule: Schedule, selection: Selection | None = None,
+                 noise: float = 0.0, seed: int = 0, probes: Probes | None = None):
         self.names, self.score, self.schedule = list(names), score, schedule
+        self.selection = selection if selection is not None else GlobalSelection()
+        self.probes = probes if probes is not None else Probes()
+        for need in (GRADIENTS, LAYER_INPUTS):
+            if need in score.needs and getattr(self.probes, need) is None:
+                raise ValueError(f"the {score.name or type(score).__name__} score needs a {need} probe")
         self.noise_scale, self.seed = noise, seed
         self.masks: MaskSet | None = None
         self.flips: FlipCounter | None = None
@@ -59,6 +79,8 @@ class Pruner:
             self.noise = GradientNoise(self.noise_scale, [w.size for w in weights.values()], self.seed)
         events = self.schedule.events(total_steps, self.masks.total)
         self._events = {e.step: e for e in events}
+        if 0 in self._events:
+            self._apply(self._events.pop(0), weights)
 
     def before_step(self, step: int, params: dict[str, ParamView]) -> None:
         grads = {n: params[n].grad for n in self.names}
@@ -74,20 +96,38 @@ class Pruner:
             self.flips.update(weights)
         event = self._events.get(step)
         if event is not None:
-            self.prune_to(event.n_pruned_after, weights)
-            self.log.append(PruneLog(step, self.masks.sparsity))
+            self._apply(event, weights)
 
-    def prune_to(self, n_pruned_after: int, weights: dict[str, np.ndarray]) -> None:
-        """Prune globally until exactly `n_pruned_after` weights are pruned."""
-        ctx = ScoreContext(weights, self.flips.counts if self.flips else None)
-        chosen = prune_global(self.score(ctx), self.masks, n_pruned_after - self.masks.n_pruned)
+    def _apply(self, event: PruneEvent, weights: dict[str, np.ndarray]) -> None:
+        threshold = self.prune_to(event.n_pruned_after, weights)
+        self.log.append(PruneLog(event.step, self.masks.sparsity, threshold))
+
+    def prune_to(self, n_pruned_after: int | None, weights: dict[str, np.ndarray]) -> float | None:
+        """Prune until exactly `n_pruned_after` weights are pruned (None: as many as the selection decides).
+
+        Returns the highest score pruned, or None when nothing was."""
+        scores = self.score(self._context(weights))
+        chosen = self.selection(scores, self.masks, n_pruned_after)
+        threshold = None
         for name, idx in chosen.items():
             if idx.size:
                 self.masks.prune(name, idx)
+                top = float(scores[name].reshape(-1)[idx].max())
+                threshold = top if threshold is None else max(threshold, top)
         self.masks.zero(weights)
         if self.flips is not None:
             for name, w in weights.items():
                 self.flips.resync(name, w)
+        return threshold
+
+    def _context(self, weights: dict[str, np.ndarray]) -> ScoreContext:
+        needs = self.score.needs
+        return ScoreContext(
+            weights,
+            flips=self.flips.counts if self.flips else None,
+            gradients=self.probes.gradients() if GRADIENTS in needs else None,
+            layer_inputs=self.probes.layer_inputs() if LAYER_INPUTS in needs else None,
+        )
 
     def status(self) -> dict[str, str]:
         return {"sparsity": f"{self.masks.sparsity:.3f}"} if self.masks else {}
