@@ -18,7 +18,7 @@ import onnx
 from . import data as data_mod
 from .config import CompressConfig
 from .errors import ConfigError
-from .model_io import check_output_path, load_model, save_model_atomic
+from .model_io import StagedFile, check_output_path, load_model
 from .passes import Sequential
 from .passes.prunable import find_prunable_weights, find_trainable_params
 from .passes.sparse import SparsifyInitializers
@@ -61,10 +61,12 @@ def compress(
     cfg = config if config is not None else CompressConfig(**options)
     stages = _Stages()
     with stages("load"):
-        out_path = check_output_path(model, output)
-        original = load_model(model)
+        inputs = (data, eval_data)  # never overwritten, whatever path or link names them
+        out_path = check_output_path(model, output, protected=inputs)
+        report_path = None if report is None else check_output_path(model, report, protected=(*inputs, output))
+        original = load_model(model, cfg.max_bytes)
         output_name = _output_name(original, cfg.output_name)
-        train_ds, eval_ds = _datasets(original, data, eval_data, labels, cfg)
+        train_ds, eval_ds = _datasets(original, data, eval_data, labels, output_name, cfg)
         slots = find_prunable_weights(original)
         if not slots:
             raise ConfigError(f"{model}: no prunable weights (float initializers feeding MatMul, Gemm or Conv)")
@@ -82,34 +84,48 @@ def compress(
     with stages("encode"):
         final = SparsifyInitializers()(quantized).model
         onnx.checker.check_model(final)
-        bytes_after = save_model_atomic(final, out_path)
+    # Outputs are staged next to their destinations and renamed into place only once verified and measured,
+    # so a run that fails at any point leaves no partial output and keeps any previous one.
+    with StagedFile(out_path, final.SerializeToString(), "model") as staged:
+        rep = _report(model, out_path, cfg, loss, pruning, slots, history, eval_ds, staged.size)
+        with stages("verify"):
+            _measure(rep, original_session, make_session(staged.path, cfg.provider), eval_ds, output_name)
+        from .passes.sizes import storage_report
+
+        rep.storage = storage_report(final, staged.path).to_dict()["totals"]
+        rep.stage_seconds = stages.seconds
+        if report_path is None:
+            staged.commit()
+            return rep
+        with StagedFile(report_path, rep.to_json().encode(), "report") as staged_report:
+            staged.commit()
+            staged_report.commit()
+    return rep
+
+
+def _report(model, out_path, cfg: CompressConfig, loss, pruning: PruningResult, slots, history, eval_ds,
+            bytes_after: int) -> Report:
     # with NNrelief's alpha there is no target: the report's target repeats what alpha achieved
     target_sparsity = cfg.sparsity if cfg.alpha is None else pruning.sparsity
-    rep = Report(
+    return Report(
         model=str(model), output=str(out_path), config=cfg.to_dict(), target_sparsity=target_sparsity,
         achieved_sparsity=pruning.sparsity, loss=loss.kind, prunable_weights=sum(s.size for s in slots),
         tensors=_tensor_stats(pruning, slots), prune_events=[vars(e) for e in pruning.events],
         bytes_before=Path(model).stat().st_size, bytes_after=bytes_after, epoch_loss=history.epoch_loss,
         eval_samples=len(eval_ds), versions=_versions(),
     )
-    with stages("verify"):
-        _measure(rep, original_session, make_session(out_path, cfg.provider), eval_ds, output_name)
-    from .passes.sizes import storage_report
-
-    rep.storage = storage_report(final, out_path).to_dict()["totals"]
-    rep.stage_seconds = stages.seconds
-    if report is not None:
-        rep.write_json(report)
-    return rep
 
 
-def _datasets(model, data, eval_data, labels, cfg: CompressConfig):
+def _datasets(model, data, eval_data, labels, output_name: str, cfg: CompressConfig):
     """(train, held-out). Labels may be only in the eval data: training then distills, evaluation has accuracy."""
+
+    def read(source, what, require_labels):
+        ds = data_mod.load(source, labels, what, require_labels=require_labels, max_bytes=cfg.max_bytes)
+        return data_mod.conform(ds, model, labels, output_name)
+
     if eval_data is None:
-        return data_mod.split(data_mod.conform(data_mod.load(data, labels, "data"), model, labels), cfg.eval_fraction,
-                              cfg.seed)
-    train = data_mod.conform(data_mod.load(data, labels, "data", require_labels=False), model, labels)
-    held = data_mod.conform(data_mod.load(eval_data, labels, "eval data", require_labels=False), model, labels)
+        return data_mod.split(read(data, "data", True), cfg.eval_fraction, cfg.seed)
+    train, held = read(data, "data", False), read(eval_data, "eval data", False)
     if labels is not None and train.labels is None and held.labels is None:
         raise data_mod.DataError(f"no array named {labels!r} in {train.origin} or {held.origin}")
     return train, held

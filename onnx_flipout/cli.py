@@ -49,7 +49,23 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--provider", choices=PROVIDERS, default=d.provider)
     p.add_argument("--report", help="write the report as JSON here")
+    p.add_argument("--max-bytes", type=_byte_size, default=d.max_bytes,
+                   help="largest size a model or data file may declare, e.g. 512M or 16G (default 8G)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _byte_size(text: str) -> int:
+    """'4096', '512M', '16G' (binary units) -> bytes."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = units.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if t[-1:] in units else t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 16G)") from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"size must be >= 1 byte, got {text!r}")
+    return int(value)
 
 
 def _cmd_compress(a: argparse.Namespace) -> int:
@@ -61,7 +77,8 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         lr=a.lr, optimizer=a.optimizer, momentum=a.momentum, weight_decay=a.weight_decay, seed=a.seed,
         provider=a.provider, flipout_p=a.flipout_p, noise=a.noise, prune_rate=a.prune_rate,
         alpha=a.alpha, prune_events=a.prune_events,
-        output_name=a.output_name, distill=a.distill, progress=not a.no_progress and sys.stderr.isatty(),
+        output_name=a.output_name, distill=a.distill, max_bytes=a.max_bytes,
+        progress=not a.no_progress and sys.stderr.isatty(),
     )
     rep = compress(a.model, a.output, data=a.data, labels=a.labels, eval_data=a.eval_data, report=a.report, config=cfg)
     print(rep.format_text())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from .errors import ConfigError
 from .pruning.criteria import ALPHA_CRITERIA, CriterionOptions
 from .pruning.criteria import CRITERIA as _CRITERIA_TABLE
+from .validate import DEFAULT_MAX_BYTES
 
 CRITERIA = tuple(_CRITERIA_TABLE)
 QUANTIZE = ("int8", "none")
@@ -39,6 +41,7 @@ class CompressConfig:
     calibration_samples: int = 512
     output_name: str | None = None  # which model output to train on (default: the first)
     distill: str = "auto"  # loss without labels: "logits" (soft cross-entropy), "mse", or auto by output shape
+    max_bytes: int = DEFAULT_MAX_BYTES  # budget for what a model or data file may declare (checked before reading)
     progress: bool = True
 
     def __post_init__(self):
@@ -51,16 +54,18 @@ class CompressConfig:
         _positive_int("epochs", self.epochs)
         _positive_int("batch-size", self.batch_size)
         _positive_int("calibration-samples", self.calibration_samples)
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        _positive_int("max-bytes", self.max_bytes)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError(f"--seed must be an integer >= 0, got {self.seed!r}")
+        if self.lr is not None:
+            _finite_positive("lr", self.lr)
         _in_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
         _in_range("weight-decay", self.weight_decay, 0.0, 1.0, hi_open=True)
         _in_range("prune-rate", self.prune_rate, 0.0, 1.0, lo_open=True, hi_open=True)
         _in_range("eval-fraction", self.eval_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
-        if not self.flipout_p > 0:
-            raise ConfigError(f"--flipout-p must be > 0, got {self.flipout_p}")
-        if not self.noise >= 0:
-            raise ConfigError(f"--noise must be >= 0, got {self.noise}")
+        _finite_positive("flipout-p", self.flipout_p)
+        if not (self.noise == 0 or _is_finite_number(self.noise) and self.noise > 0):
+            raise ConfigError(f"--noise must be a finite number >= 0, got {self.noise!r}")
         self._check_alpha()
 
     def _check_alpha(self) -> None:
@@ -99,7 +104,18 @@ def _positive_int(name, value):
         raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
 
 
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _finite_positive(name, value):
+    if not (_is_finite_number(value) and value > 0):
+        raise ConfigError(f"--{name} must be a finite number > 0, got {value!r}")
+
+
 def _in_range(name, value, lo, hi, lo_open=False, hi_open=False):
+    if isinstance(value, bool):
+        raise ConfigError(f"--{name} must be a number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 
 @dataclass
@@ -49,12 +48,15 @@ class Report:
         d["size_ratio"] = self.size_ratio
         return d
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
     def write_json(self, path: str | os.PathLike) -> None:
         """Atomically (temporary file + rename): a failure, disk full included, leaves no partial JSON and any
         previous report intact, and raises OutputError."""
         from .model_io import write_bytes_atomic
 
-        write_bytes_atomic(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode(), "report")
+        write_bytes_atomic(path, self.to_json().encode(), "report")
 
     def format_text(self) -> str:
         lines = [

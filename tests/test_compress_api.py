@@ -111,3 +111,37 @@ def test_mse_distillation_is_scale_free(digits_files, tmp_path):
     rep = compress(digits_files["model"], tmp_path / "m.onnx", data={"x": train["x"]}, sparsity=0.75,
                    quantize="none", distill="mse", epochs=6, progress=False)
     assert rep.loss == "mse" and rep.agreement["cosine"] > 0.95
+
+
+def test_a_run_failing_after_encoding_leaves_no_output_and_keeps_the_previous(digits_files, tmp_path, monkeypatch):
+    import onnx_flipout.api as api
+
+    out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
+    out.write_bytes(b"previous model")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("verification exploded")
+
+    monkeypatch.setattr(api, "_measure", broken)
+    with pytest.raises(RuntimeError, match="exploded"):
+        compress(digits_files["model"], out, data=digits_files["train"], labels="y", report=rep, sparsity=0.5,
+                 quantize="none", epochs=1, progress=False)
+    assert out.read_bytes() == b"previous model" and not rep.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.onnx"]  # no staged temporary left behind
+
+
+def test_report_path_may_not_overwrite_inputs(digits_files, tmp_path):
+    with pytest.raises(OutputError, match="refusing to overwrite"):
+        compress(digits_files["model"], tmp_path / "o.onnx", data=digits_files["train"], labels="y",
+                 report=digits_files["train"], progress=False)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"seed": -1}, "seed"), ({"lr": float("inf")}, "lr"), ({"sparsity": False}, "sparsity"),
+    ({"noise": float("nan")}, "noise"), ({"max_bytes": 0}, "max-bytes"),
+])
+def test_config_rejects_degenerate_values(kwargs, match):
+    from onnx_flipout import CompressConfig
+
+    with pytest.raises(ConfigError, match=match):
+        CompressConfig(**kwargs)
