@@ -163,13 +163,14 @@ def _finetune(model, inputs, target, output_name, loss, cfg: CompressConfig):
     criterion = make_criterion(cfg.criterion, cfg.criterion_options())
     settings = TrainSettings(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, seed=cfg.seed, progress=cfg.progress,
+        weight_decay=cfg.weight_decay, seed=cfg.seed, progress=cfg.progress, checkpoint_every=cfg.checkpoint_every,
     )
+    store, snapshot = _checkpoints(model, inputs, target, cfg)  # before any work: a bad checkpoint fails fast
     with tempfile.TemporaryDirectory(prefix="onnx-flipout-") as tmp:
         arts = build_artifacts(
             model, find_trainable_params(model), output_name, loss, cfg.optimizer, Path(tmp), cfg.weight_decay
         )
-        trainer = Trainer(arts, settings)
+        trainer = Trainer(arts, settings, checkpoints=store, resume=snapshot)
         pruner = Pruner(
             [s.name for s in slots], criterion.score, criterion.schedule, criterion.selection,
             noise=cfg.noise, seed=cfg.seed, probes=_probes(criterion, trainer, model, slots, inputs, target, cfg),
@@ -180,6 +181,25 @@ def _finetune(model, inputs, target, output_name, loss, cfg: CompressConfig):
             raise ConfigError(str(exc)) from None
         params = trainer.parameters()
     return params, pruner.result(), history
+
+
+def _checkpoints(model, inputs, target, cfg: CompressConfig):
+    """(store, snapshot to resume from) for --checkpoint-dir, else (None, None). A checkpoint records fingerprints of
+    the validated model (external data inlined) and of the training data and targets, and the options that shape
+    training (config.RESUME_FIELDS); resuming refuses any difference."""
+    if cfg.checkpoint_dir is None:
+        return None, None
+    import onnxruntime
+
+    from .runtime.checkpoint import CheckpointStore, data_fingerprint, sha256_of
+
+    identity = {"model_sha256": sha256_of([model.SerializeToString()]), "data_sha256": data_fingerprint(inputs, target),
+                "config": cfg.resume_key(), "onnxruntime": onnxruntime.__version__}
+    store = CheckpointStore(cfg.checkpoint_dir, identity)
+    if cfg.resume:
+        return store, store.load()
+    store.check_fresh()
+    return store, None
 
 
 def _probes(criterion: Criterion, trainer, model, slots, inputs, target, cfg: CompressConfig) -> Probes:

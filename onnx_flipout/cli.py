@@ -7,6 +7,7 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import warnings
 
@@ -52,6 +53,10 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-bytes", type=_byte_size, default=d.max_bytes,
                    help="largest size a model or data file may declare, e.g. 512M or 16G (default 8G)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-dir", help="save fine-tuning checkpoints in this folder (atomically; latest kept)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: each epoch)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --checkpoint-dir (same model, data and options)")
 
 
 def _byte_size(text: str) -> int:
@@ -79,6 +84,7 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         alpha=a.alpha, prune_events=a.prune_events,
         output_name=a.output_name, distill=a.distill, max_bytes=a.max_bytes,
         progress=not a.no_progress and sys.stderr.isatty(),
+        checkpoint_dir=a.checkpoint_dir, checkpoint_every=a.checkpoint_every, resume=a.resume,
     )
     rep = compress(a.model, a.output, data=a.data, labels=a.labels, eval_data=a.eval_data, report=a.report, config=cfg)
     print(rep.format_text())
@@ -161,7 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(args: argparse.Namespace, argv: list[str]) -> str:
+    """What Ctrl-C leaves behind and how to continue. Checkpoints are written atomically, so the newest complete one
+    is valid whenever the interrupt came."""
+    text = "onnx-flipout: interrupted; no output was written"
+    folder = getattr(args, "checkpoint_dir", None)
+    if folder is None:
+        return text
+    from .runtime.checkpoint import latest_step
+
+    latest = latest_step(folder)
+    if latest is None:
+        return f"{text}; no checkpoint was written to {folder} yet"
+    resume = [str(a) for a in argv] + ([] if "--resume" in argv else ["--resume"])
+    return (f"{text}; the last checkpoint (step {latest[0]} of {latest[1]}) is in {folder}. "
+            f"Continue with: onnx-flipout {shlex.join(resume)}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     warnings.formatwarning = lambda msg, cat, *_: f"onnx-flipout: warning: {msg}\n"
     try:
@@ -172,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"onnx-flipout: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("onnx-flipout: interrupted; no output was written", file=sys.stderr)
+        print(_interrupted(args, argv), file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug or an onnxruntime failure we did not anticipate
         if args.debug:

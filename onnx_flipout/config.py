@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields
 
 from .errors import ConfigError
@@ -15,6 +16,12 @@ QUANTIZE = ("int8", "none")
 OPTIMIZERS = ("sgd", "adamw")
 PROVIDERS = ("cpu", "cuda")
 DISTILL = ("auto", "logits", "mse")
+# What a resumed run must share with the run that saved the checkpoint: everything that shapes training (the model
+# and data are fingerprinted separately). Left out on purpose: quantize, provider, max_bytes and progress, which act
+# after training or not on its numbers, so a resume may change them.
+RESUME_FIELDS = ("sparsity", "criterion", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
+                 "seed", "flipout_p", "noise", "prune_rate", "alpha", "prune_events", "eval_fraction",
+                 "calibration_samples", "output_name", "distill")
 # Tuned on the digits MLP (0.05 also holds 99 % sparsity there); lower it for large pretrained models.
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 
@@ -43,6 +50,9 @@ class CompressConfig:
     distill: str = "auto"  # loss without labels: "logits" (soft cross-entropy), "mse", or auto by output shape
     max_bytes: int = DEFAULT_MAX_BYTES  # budget for what a model or data file may declare (checked before reading)
     progress: bool = True
+    checkpoint_dir: str | None = None  # save fine-tuning checkpoints here (runtime/checkpoint.py)
+    checkpoint_every: int | None = None  # steps between checkpoints (None: once per epoch)
+    resume: bool = False  # continue from the latest checkpoint in checkpoint_dir
 
     def __post_init__(self):
         _in_range("sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
@@ -67,6 +77,25 @@ class CompressConfig:
         if not (self.noise == 0 or _is_finite_number(self.noise) and self.noise > 0):
             raise ConfigError(f"--noise must be a finite number >= 0, got {self.noise!r}")
         self._check_alpha()
+        self._check_checkpoints()
+
+    def _check_checkpoints(self) -> None:
+        if self.checkpoint_dir is not None:
+            if not isinstance(self.checkpoint_dir, (str, os.PathLike)):
+                raise ConfigError(f"--checkpoint-dir must be a folder path, got {self.checkpoint_dir!r}")
+            object.__setattr__(self, "checkpoint_dir", os.fspath(self.checkpoint_dir))  # a str, for the JSON report
+        for flag, given in (("--checkpoint-every", self.checkpoint_every is not None), ("--resume", self.resume)):
+            if given and self.checkpoint_dir is None:
+                raise ConfigError(f"{flag} needs --checkpoint-dir (the folder the checkpoints are in)")
+        if self.checkpoint_every is not None:
+            _positive_int("checkpoint-every", self.checkpoint_every)
+        if not isinstance(self.resume, bool):
+            raise ConfigError(f"resume must be True or False, got {self.resume!r}")
+
+    def resume_key(self) -> dict:
+        """The options a checkpoint records and a resume must match (RESUME_FIELDS, lr resolved)."""
+        d = self.to_dict()
+        return {k: d[k] for k in RESUME_FIELDS}
 
     def _check_alpha(self) -> None:
         if self.alpha is not None:

@@ -54,3 +54,10 @@ class ModelTooLargeError(ModelError):
     """The model declares more tensor bytes than the memory budget (`max_bytes`) or than protobuf can hold."""
 
     exit_code = 8
+
+
+class CheckpointError(TrainingError):
+    """A fine-tuning checkpoint cannot be used: missing, truncated or corrupt files, another format version, or saved
+    for another model, data or configuration. Nothing is trained and the input is untouched."""
+
+    exit_code = 9

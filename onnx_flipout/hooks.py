@@ -2,6 +2,7 @@
 
 The trainer (onnx_flipout.runtime.trainer) knows nothing about pruning: it runs steps and calls hooks with zero-copy
 views of the live parameters. Flip counting, masking, noise and pruning are hooks, written in plain numpy.
+Hooks that hold state implement StatefulHook's optional state_dict/load_state_dict, so a run can resume.
 """
 
 from __future__ import annotations
@@ -32,3 +33,18 @@ class TrainingHook(Protocol):
 
     def status(self) -> dict[str, str]:
         """Short fields for the progress bar."""
+
+
+class StatefulHook(TrainingHook, Protocol):
+    """A hook whose state must survive an interruption (runtime/checkpoint.py). Both methods are optional: a hook
+    without them is taken to be stateless and simply gets on_start again when a run resumes.
+
+    State is a nested dict/list of numpy arrays, numbers, strings, booleans and None (JSON plus arrays), so a
+    checkpoint never needs pickle. On resume the trainer calls load_state_dict *before* on_start: on_start then
+    continues from that state instead of starting fresh (no event already applied is applied again)."""
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit for bit after the last completed step (copies, not live views)."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take `state` from state_dict(); raise ValueError naming what does not fit."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .masks import check_saved
+
 _FOLD_EVERY = 255
 
 
@@ -48,9 +50,29 @@ class FlipCounter:
         """Take the current signs as the reference without counting (after weights are zeroed by pruning)."""
         np.less(w, 0, out=self._prev_neg[name])
 
+    def state_dict(self) -> dict:
+        """Copies of every buffer, unfolded: folding here would move the later folds, and resuming stays exact."""
+        return {"totals": _copies(self._totals), "recent": _copies(self._recent),
+                "prev_neg": _copies(self._prev_neg), "pending": self._pending}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, dtype, mine in (("totals", np.int32, self._totals), ("recent", np.uint8, self._recent),
+                                 ("prev_neg", bool, self._prev_neg)):
+            check_saved(mine, state[key], f"flip {key}")
+            for name, a in state[key].items():
+                np.copyto(mine[name], np.asarray(a, dtype=dtype))
+        pending = int(state["pending"])
+        if not 0 <= pending < _FOLD_EVERY:
+            raise ValueError(f"saved flip counter has {pending} pending steps, not in [0, {_FOLD_EVERY})")
+        self._pending = pending
+
     def _fold(self) -> None:
         if self._pending:
             for name, recent in self._recent.items():
                 self._totals[name] += recent
                 recent.fill(0)
             self._pending = 0
+
+
+def _copies(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {n: a.copy() for n, a in arrays.items()}

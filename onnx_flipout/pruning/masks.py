@@ -52,3 +52,18 @@ class MaskSet:
 
     def state(self) -> dict[str, np.ndarray]:
         return {n: m.copy() for n, m in self.keep.items()}
+
+    def load_state(self, keep: dict[str, np.ndarray]) -> None:
+        """Take the masks of state() (a resumed run); this set must be fresh: pruning is never undone."""
+        check_saved(self.keep, keep, "mask")
+        for name, m in keep.items():
+            self.prune(name, np.flatnonzero(~np.asarray(m, dtype=bool).reshape(-1)))
+
+
+def check_saved(mine: dict[str, np.ndarray], theirs: dict[str, np.ndarray], what: str) -> None:
+    """Refuse saved arrays that do not fit these tensors (names or shapes), naming the first that differs."""
+    if set(mine) != set(theirs):
+        raise ValueError(f"saved {what}s are for tensors {sorted(theirs)}, not {sorted(mine)}")
+    for name, a in theirs.items():
+        if np.shape(a) != mine[name].shape:
+            raise ValueError(f"saved {what} of {name} has shape {np.shape(a)}, not {mine[name].shape}")

@@ -27,3 +27,12 @@ class GradientNoise:
             return
         start = int(self._rng.integers(0, self._pool.size - n + 1))
         grad.reshape(-1)[:] += sigma * self._pool[start : start + n]
+
+    def state_dict(self) -> dict:
+        """The generator's position: the pool itself is redrawn from the seed, so only the offsets' stream is saved."""
+        return {"pool_size": int(self._pool.size), "rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["pool_size"]) != self._pool.size:
+            raise ValueError(f"saved noise pool has {state['pool_size']} values, not {self._pool.size}")
+        self._rng.bit_generator.state = state["rng"]

@@ -5,6 +5,10 @@ the optimizer steps, pruned weights are zeroed again (momentum or Adam state cou
 counted against the signs before the step, and at a scheduled step the selection prunes the lowest-scoring weights.
 An event at step 0 (one-shot criteria such as SNIP) is applied in on_start, before the first step.
 
+Resuming (hooks.StatefulHook): state_dict() holds masks, flip buffers, the noise and score generators, the prune log
+and the last step seen; load_state_dict() before on_start makes on_start continue from it, so an event that already
+fired never fires again and the schedule is checked to be the one the state was saved under.
+
 Scores that need more than weights and flips (gradients, layer inputs) get them from `Probes`: callables the runtime
 supplies, so this module stays plain numpy and never imports onnxruntime.
 """
@@ -68,6 +72,9 @@ class Pruner:
         self.flips: FlipCounter | None = None
         self.noise: GradientNoise | None = None
         self._events: dict[int, PruneEvent] = {}
+        self._schedule: list[PruneEvent] = []
+        self._step = 0  # the last step seen: events up to it have fired
+        self._restored: dict | None = None
         self.log: list[PruneLog] = []
 
     def on_start(self, params: dict[str, ParamView], total_steps: int) -> None:
@@ -77,9 +84,12 @@ class Pruner:
             self.flips = FlipCounter(weights)
         if self.noise_scale > 0:
             self.noise = GradientNoise(self.noise_scale, [w.size for w in weights.values()], self.seed)
-        events = self.schedule.events(total_steps, self.masks.total)
-        self._events = {e.step: e for e in events}
-        if 0 in self._events:
+        self._schedule = self.schedule.events(total_steps, self.masks.total)
+        self._events = {e.step: e for e in self._schedule}
+        if self._restored is not None:
+            state, self._restored = self._restored, None
+            self._restore(state)
+        elif 0 in self._events:
             self._apply(self._events.pop(0), weights)
 
     def before_step(self, step: int, params: dict[str, ParamView]) -> None:
@@ -94,6 +104,7 @@ class Pruner:
         self.masks.zero(weights)
         if self.flips is not None:
             self.flips.update(weights)
+        self._step = step
         event = self._events.get(step)
         if event is not None:
             self._apply(event, weights)
@@ -131,6 +142,48 @@ class Pruner:
 
     def status(self) -> dict[str, str]:
         return {"sparsity": f"{self.masks.sparsity:.3f}"} if self.masks else {}
+
+    def state_dict(self) -> dict:
+        return {
+            "names": list(self.names), "step": self._step,
+            "schedule": [[e.step, e.n_pruned_after] for e in self._schedule],
+            "masks": self.masks.state(),
+            "flips": self.flips.state_dict() if self.flips else None,
+            "noise": self.noise.state_dict() if self.noise else None,
+            "generators": {k: g.bit_generator.state for k, g in self._generators().items()},
+            "log": [vars(e).copy() for e in self.log],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Kept until on_start, which knows the tensors and the schedule to check the state against."""
+        self._restored = state
+
+    def _restore(self, state: dict) -> None:
+        if state["names"] != self.names:
+            raise ValueError(f"saved pruning state is for tensors {state['names']}, not {self.names}")
+        if state["schedule"] != [[e.step, e.n_pruned_after] for e in self._schedule]:
+            raise ValueError("saved pruning state was made under another prune schedule")
+        self.masks.load_state(state["masks"])
+        for part in ("flips", "noise"):
+            mine = getattr(self, part)
+            if (mine is None) != (state[part] is None):
+                raise ValueError(f"saved pruning state and this run disagree on whether {part} are used")
+            if mine is not None:
+                mine.load_state_dict(state[part])
+        generators = self._generators()
+        if set(generators) != set(state["generators"]):
+            raise ValueError(f"saved random generators {sorted(state['generators'])}, not {sorted(generators)}")
+        for key, g in generators.items():
+            g.bit_generator.state = state["generators"][key]
+        self.log = [PruneLog(**e) for e in state["log"]]
+        self._step = int(state["step"])
+        self._events = {k: e for k, e in self._events.items() if k > self._step}
+
+    def _generators(self) -> dict[str, np.random.Generator]:
+        """numpy generators the score or selection keep between events (RandomScore draws fresh scores each
+        event): their position is state too, found generically so a new criterion needs no resume code."""
+        return {f"{role}.{attr}": v for role, obj in (("score", self.score), ("selection", self.selection))
+                for attr, v in vars(obj).items() if isinstance(v, np.random.Generator)}
 
     def result(self) -> PruningResult:
         flips = {n: c.copy() for n, c in self.flips.counts.items()} if self.flips else None
