@@ -19,7 +19,7 @@ EXIT_INTERRUPTED = 130
 
 
 def _compress_args(p: argparse.ArgumentParser) -> None:
-    from .config import CRITERIA, DISTILL, OPTIMIZERS, PROVIDERS, QUANTIZE, CompressConfig
+    from .config import CRITERIA, DISTILL, OPTIMIZERS, PROVIDERS, QUANTIZE, SPARSE_INDEX, CompressConfig
 
     d = CompressConfig()
     p.add_argument("model", help="input ONNX model")
@@ -49,6 +49,10 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
                    help="loss without --labels: soft cross-entropy on [N, C] logits, or scale-free MSE (default: auto)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--provider", choices=PROVIDERS, default=d.provider)
+    p.add_argument("--shrink", action=argparse.BooleanOptionalAction, default=d.shrink,
+                   help="remove units whose weights in or out are all zero (default: on; outputs unchanged)")
+    p.add_argument("--sparse-index", choices=SPARSE_INDEX, default=d.sparse_index,
+                   help="int32: ~45 %% smaller sparse tensors; loads in onnxruntime, not valid for onnx.checker")
     p.add_argument("--report", help="write the report as JSON here")
     p.add_argument("--max-bytes", type=_byte_size, default=d.max_bytes,
                    help="largest size a model or data file may declare, e.g. 512M or 16G (default 8G)")
@@ -82,7 +86,8 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         lr=a.lr, optimizer=a.optimizer, momentum=a.momentum, weight_decay=a.weight_decay, seed=a.seed,
         provider=a.provider, flipout_p=a.flipout_p, noise=a.noise, prune_rate=a.prune_rate,
         alpha=a.alpha, prune_events=a.prune_events,
-        output_name=a.output_name, distill=a.distill, max_bytes=a.max_bytes,
+        output_name=a.output_name, distill=a.distill, max_bytes=a.max_bytes, shrink=a.shrink,
+        sparse_index=a.sparse_index,
         progress=not a.no_progress and sys.stderr.isatty(),
         checkpoint_dir=a.checkpoint_dir, checkpoint_every=a.checkpoint_every, resume=a.resume,
     )

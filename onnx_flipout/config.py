@@ -16,6 +16,7 @@ QUANTIZE = ("int8", "none")
 OPTIMIZERS = ("sgd", "adamw")
 PROVIDERS = ("cpu", "cuda")
 DISTILL = ("auto", "logits", "mse")
+SPARSE_INDEX = ("int64", "int32")
 # What a resumed run must share with the run that saved the checkpoint: everything that shapes training (the model
 # and data are fingerprinted separately). Left out on purpose: quantize, provider, max_bytes and progress, which act
 # after training or not on its numbers, so a resume may change them.
@@ -48,6 +49,8 @@ class CompressConfig:
     calibration_samples: int = 512
     output_name: str | None = None  # which model output to train on (default: the first)
     distill: str = "auto"  # loss without labels: "logits" (soft cross-entropy), "mse", or auto by output shape
+    shrink: bool = True  # remove output units whose weights in or out are all zero (outputs unchanged)
+    sparse_index: str = "int64"  # int32: smaller sparse tensors; onnxruntime loads them, onnx.checker refuses them
     max_bytes: int = DEFAULT_MAX_BYTES  # budget for what a model or data file may declare (checked before reading)
     progress: bool = True
     checkpoint_dir: str | None = None  # save fine-tuning checkpoints here (runtime/checkpoint.py)
@@ -61,6 +64,7 @@ class CompressConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("provider", self.provider, PROVIDERS)
         _choice("distill", self.distill, DISTILL)
+        _choice("sparse-index", self.sparse_index, SPARSE_INDEX)
         _positive_int("epochs", self.epochs)
         _positive_int("batch-size", self.batch_size)
         _positive_int("calibration-samples", self.calibration_samples)

@@ -14,6 +14,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -42,11 +43,26 @@ def load_model(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> o
     validate_model(model, str(path), path.parent, max_bytes)
     load_external_data(model, path.parent, str(path))
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(_with_int64_sparse_indices(model))
     except (onnx.checker.ValidationError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelError(f"{path}: invalid ONNX model: {first}") from None
     return model
+
+
+def _with_int64_sparse_indices(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx.checker accepts only int64 sparse indices; onnxruntime also loads int32/int16 ones (our opt-in
+    `--sparse-index int32` output). Check such a model as if its indices were int64; the model itself is unchanged."""
+    compact = [t for t in model.graph.sparse_initializer if t.indices.data_type != onnx.TensorProto.INT64]
+    if not compact:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for sparse in copy.graph.sparse_initializer:
+        if sparse.indices.data_type != onnx.TensorProto.INT64:
+            idx = onnx.numpy_helper.to_array(sparse.indices).astype(np.int64)
+            sparse.indices.CopyFrom(onnx.numpy_helper.from_array(idx, sparse.indices.name))
+    return copy
 
 
 def _read_bytes(path: Path, max_bytes: int) -> bytes:

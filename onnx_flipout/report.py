@@ -30,6 +30,7 @@ class Report:
     bytes_before: int = 0
     bytes_after: int = 0
     storage: dict = field(default_factory=dict)
+    units: dict = field(default_factory=dict)  # weight -> [output units before, after] for layers shrinking changed
     accuracy_before: float | None = None
     accuracy_after: float | None = None
     agreement: dict = field(default_factory=dict)
@@ -65,6 +66,11 @@ class Report:
             f"  over {self.prunable_weights:,} prunable weights ({self.config.get('criterion')}, loss {self.loss})",
             f"  file size  {_kb(self.bytes_before)} -> {_kb(self.bytes_after)}  ({self.size_ratio:.3f}x)",
         ]
+        if self.units:
+            shrunk = ", ".join(f"{n} {a}->{b}" for n, (a, b) in self.units.items())
+            lines.append(f"  shrink     dead units removed (outputs unchanged): {shrunk}")
+        for note in self.storage.get("notes", []):
+            lines.append(f"  note       {note}")
         if self.accuracy_before is not None:
             lines.append(
                 f"  accuracy   {self.accuracy_before:.4f} -> {self.accuracy_after:.4f}"

@@ -2,10 +2,11 @@
 
 from .base import Pass, PassError, PassResult, Sequential
 from .quantize import InsertQDQ
+from .shrink import ShrinkDeadUnits
 from .sparse import DensifyInitializers, SparsifyInitializers
 from .weights import SetInitializers
 
 __all__ = [
     "Pass", "PassError", "PassResult", "Sequential",
-    "InsertQDQ", "SparsifyInitializers", "DensifyInitializers", "SetInitializers",
+    "InsertQDQ", "ShrinkDeadUnits", "SparsifyInitializers", "DensifyInitializers", "SetInitializers",
 ]

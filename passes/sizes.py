@@ -2,7 +2,12 @@
 differently.
 
 What-if columns per tensor of N elements with nnz nonzeros (density d = nnz / N):
-  dense fp32 = 4 N, dense int8 = N, sparse int8 = nnz * (1 + 8) with int64 flat indices or nnz * (1 + 4) with int32.
+  dense fp32 = 4 N, dense int8 = N, sparse int8 = nnz * (1 + 8) with int64 flat indices, nnz * (1 + 4) with int32,
+  nnz * (1 + 2) with int16 where N <= 32768 (flat int16 indices cannot address more); "compact" totals take int16
+  where it fits and int32 elsewhere.
+Index types: onnx.checker accepts only int64 sparse indices; onnxruntime also loads int32 and int16 (FIELD-NOTES).
+So int64 is the default of SparsifyInitializers and the compact columns are an opt-in (index_dtype=np.int32): such a
+file loads in onnxruntime but fails onnx.checker.check_model. The report says so whenever a file holds them.
 Information bound (Shannon): coding which weights are nonzero costs at least N * H(d) bits, with the binary entropy
 H(d) = -d log2 d - (1 - d) log2 (1 - d), and each nonzero b bits, so no lossless format of that tensor is smaller than
   bound = N * (d * b + H(d)) / 8 bytes,   here with b = 8 (int8 values).
@@ -23,6 +28,10 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from .sparse import is_external, sparse_bytes
+
+_I16_MAX_ELEMENTS = int(np.iinfo(np.int16).max) + 1  # flat int16 indices address positions 0..32767
+CHECKER_NOTE = ("sparse indices stored as {types}: onnxruntime loads them, onnx.checker rejects them "
+                "(opt-in compact indices, SparsifyInitializers(index_dtype=...)); int64 is the checker-valid form")
 
 BOUND_BITS = 8
 GZIP_LEVEL = 6  # gzip's own default: level 9 is much slower on big models for a few percent
@@ -48,6 +57,8 @@ class TensorStorage:
     sparse_int8_i64_bytes: int | None
     sparse_int8_i32_bytes: int | None
     bound_int8_bytes: float | None
+    sparse_int8_i16_bytes: int | None = None  # None also where int16 cannot index the tensor
+    index_dtype: str | None = None  # of a sparse initializer's indices: INT64 (checker-valid), INT32 or INT16
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,7 @@ class StorageTotals:
     sparse_int8_i64_bytes: int
     sparse_int8_i32_bytes: int
     bound_int8_bytes: float
+    sparse_int8_compact_bytes: int = 0  # int16 indices where they fit, int32 elsewhere (not checker-valid)
 
 
 @dataclass(frozen=True)
@@ -131,9 +143,10 @@ def _count_nonzero(tensor: TensorProto) -> int | None:
         return None
 
 
-def _row(name, dims, data_type, storage, nnz, stored) -> TensorStorage:
+def _row(name, dims, data_type, storage, nnz, stored, index_dtype=None) -> TensorStorage:
     numel = _numel(dims)
     known = nnz is not None
+    i16_fits = known and numel <= _I16_MAX_ELEMENTS
     return TensorStorage(
         name=name,
         shape=tuple(int(d) for d in dims),
@@ -148,6 +161,8 @@ def _row(name, dims, data_type, storage, nnz, stored) -> TensorStorage:
         sparse_int8_i64_bytes=sparse_bytes(nnz, 1, 8) if known else None,
         sparse_int8_i32_bytes=sparse_bytes(nnz, 1, 4) if known else None,
         bound_int8_bytes=information_bound_bytes(numel, nnz) if known else None,
+        sparse_int8_i16_bytes=sparse_bytes(nnz, 1, 2) if i16_fits else None,
+        index_dtype=index_dtype,
     )
 
 
@@ -165,7 +180,12 @@ def _totals(rows: list[TensorStorage]) -> StorageTotals:
         sparse_int8_i64_bytes=sum(r.sparse_int8_i64_bytes for r in known),
         sparse_int8_i32_bytes=sum(r.sparse_int8_i32_bytes for r in known),
         bound_int8_bytes=sum(r.bound_int8_bytes for r in known),
+        sparse_int8_compact_bytes=sum(_compact(r) for r in known),
     )
+
+
+def _compact(r: TensorStorage) -> int:
+    return r.sparse_int8_i16_bytes if r.sparse_int8_i16_bytes is not None else r.sparse_int8_i32_bytes
 
 
 def storage_report(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> StorageReport:
@@ -176,8 +196,12 @@ def storage_report(model: onnx.ModelProto, path: str | os.PathLike | None = None
         # nnz is the values count, read from dims: nothing is expanded, so a malformed file cannot cost memory.
         nnz = _numel(s.values.dims)
         stored = payload_bytes(s.values) + (payload_bytes(s.indices) if s.HasField("indices") else 0)
-        rows.append(_row(s.values.name, s.dims, s.values.data_type, "sparse", nnz, stored))
+        index = TensorProto.DataType.Name(s.indices.data_type) if s.HasField("indices") else None
+        rows.append(_row(s.values.name, s.dims, s.values.data_type, "sparse", nnz, stored, index))
     notes = []
+    compact = sorted({r.index_dtype for r in rows if r.index_dtype not in (None, "INT64")})
+    if compact:
+        notes.append(CHECKER_NOTE.format(types="/".join(compact)))
     if any(r.nnz is None for r in rows):
         notes.append("nnz unknown for external-data or string tensors; sparse and bound totals exclude them")
     file_bytes = gzip_bytes = None
@@ -207,22 +231,26 @@ def _pct(x: float | None) -> str:
 
 
 _HEADER = ("name", "shape", "dtype", "form", "numel", "nnz", "sparsity", "stored",
-           "fp32", "int8", "sp-int8/i64", "sp-int8/i32", "bound(b=8)")  # fmt: skip
+           "fp32", "int8", "sp-int8/i64", "sp-int8/i32", "sp-int8/i16", "bound(b=8)")  # fmt: skip
 
 
 def _cells(r: TensorStorage | StorageTotals, name: str, shape: str, dtype: str, form: str) -> tuple[str, ...]:
     nnz = "?" if r.nnz is None else str(r.nnz)
-    sizes = (r.stored_bytes, r.dense_fp32_bytes, r.dense_int8_bytes, r.sparse_int8_i64_bytes,
-             r.sparse_int8_i32_bytes, r.bound_int8_bytes)  # fmt: skip
-    return (name, shape, dtype, form, str(r.numel), nnz, _pct(r.sparsity), *map(human_bytes, sizes))
+    # the TOTAL line's i16 column is the compact total: int16 where it fits, int32 elsewhere
+    i16 = r.sparse_int8_compact_bytes if isinstance(r, StorageTotals) else r.sparse_int8_i16_bytes
+    sizes = [human_bytes(x) for x in (r.stored_bytes, r.dense_fp32_bytes, r.dense_int8_bytes,
+                                      r.sparse_int8_i64_bytes, r.sparse_int8_i32_bytes)]
+    sizes.append("?" if r.nnz is None else "-" if i16 is None else human_bytes(i16))  # "-": int16 cannot index it
+    return (name, shape, dtype, form, str(r.numel), nnz, _pct(r.sparsity), *sizes, human_bytes(r.bound_int8_bytes))
 
 
 def format_table(report: StorageReport) -> str:
     """Fixed-width table: one line per tensor, a TOTAL line, the file sizes and notes."""
     lines = [_HEADER]
     for r in report.rows:
-        lines.append(_cells(r, r.name, "x".join(map(str, r.shape)) or "scalar", r.dtype, r.storage))
-    total = _cells(report.totals, f"TOTAL ({len(report.rows)} tensors)", "", "", "")
+        form = r.storage if r.index_dtype is None else f"{r.storage}/{r.index_dtype.lower().replace('int', 'i')}"
+        lines.append(_cells(r, r.name, "x".join(map(str, r.shape)) or "scalar", r.dtype, form))
+    total = _cells(report.totals, f"TOTAL ({len(report.rows)} tensors)", "", "", "")  # i16 column: compact total
     widths = [max(len(row[i]) for row in lines + [total]) for i in range(len(_HEADER))]
 
     def fmt(row):  # text columns left-aligned, numbers right-aligned

@@ -11,6 +11,11 @@ index's bytes, so a tensor pays off only when more than itemsize / (itemsize + i
 
 onnxruntime.quantization and most tools read only `graph.initializer`: run `DensifyInitializers` at the door and
 `SparsifyInitializers` as the last step before writing.
+
+Index types: int64 (the default) is the only one onnx.checker accepts. int32 / int16 indices are an opt-in
+(`SparsifyInitializers(index_dtype=np.int32)`): onnxruntime 1.19.2 and 1.31.1 load them and the file shrinks
+(int8 values: 5 instead of 9 bytes per nonzero), but onnx.checker.check_model rejects the file, so check the model
+before this pass and verify the written file by loading it in onnxruntime. passes.sizes labels such files.
 """
 
 from __future__ import annotations

@@ -145,3 +145,22 @@ def test_config_rejects_degenerate_values(kwargs, match):
 
     with pytest.raises(ConfigError, match=match):
         CompressConfig(**kwargs)
+
+
+def test_shrink_and_compact_indices_end_to_end(digits_files, tmp_path):
+    """At 99 % units die and are removed; int32 indices give a smaller file that onnxruntime loads, and that our own
+    loader (inspect) accepts although onnx.checker refuses int32 sparse indices."""
+    from onnx_flipout.model_io import load_model
+
+    common = dict(data=digits_files["train"], labels="y", eval_data=digits_files["test"], sparsity=0.99,
+                  quantize="none", epochs=4, progress=False)
+    plain = compress(digits_files["model"], tmp_path / "plain.onnx", shrink=False, **common)
+    small = compress(digits_files["model"], tmp_path / "small.onnx", sparse_index="int32", **common)
+    assert plain.units == {} and small.units  # e.g. {"fc1.weight": [64, 16]}
+    assert all(after < before for before, after in small.units.values())
+    assert small.bytes_after < plain.bytes_after
+    assert small.agreement["top1_agreement"] == pytest.approx(plain.agreement["top1_agreement"], abs=1e-9)
+    assert any("onnx.checker" in note for note in small.storage["notes"])
+    load_model(tmp_path / "small.onnx")  # accepted: checked as if its indices were int64
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(onnx.load(str(tmp_path / "small.onnx")))
