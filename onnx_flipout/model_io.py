@@ -163,9 +163,11 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:  # make the rename itself durable; some file systems cannot, which is not the user's problem
-        fd = os.open(folder, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder: to make its entries, and a rename into it, durable). Best effort: some file
+    systems cannot, which is not the user's problem."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -215,7 +217,7 @@ class StagedFile:
             self.discard()
             raise OutputError(_why(self.out, exc, self.what)) from None
         self.path = None
-        _fsync_dir(self.out.parent)
+        fsync_path(self.out.parent)
         return self.size
 
     def discard(self) -> None:

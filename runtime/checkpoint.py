@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from onnx_flipout.errors import CheckpointError
+from onnx_flipout.model_io import fsync_path
 
 FORMAT = "onnx-flipout-checkpoint"
 FORMAT_VERSION = 1
@@ -115,7 +116,7 @@ class CheckpointStore:
         try:
             self._write(tmp, step, total_steps, write_ort, trainer, hooks)
             os.rename(tmp, final)
-            _fsync(self.folder)
+            fsync_path(self.folder)
         except BaseException as exc:  # Ctrl-C included: never leave a half-written folder named like a checkpoint
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, OSError):
@@ -128,7 +129,7 @@ class CheckpointStore:
 
     def _write(self, tmp: Path, step: int, total_steps: int, write_ort, trainer: dict, hooks: list) -> None:
         write_ort(tmp / ORT_FILE)
-        _fsync(tmp / ORT_FILE)
+        fsync_path(tmp / ORT_FILE)
         arrays: dict[str, np.ndarray] = {}
         doc = _split({"trainer": trainer, "hooks": hooks}, arrays)
         _write_file(tmp / STATE_FILE, lambda f: f.write(json.dumps(doc).encode()))
@@ -139,7 +140,7 @@ class CheckpointStore:
             "files": {n: _digest(tmp / n) for n in (ORT_FILE, STATE_FILE, ARRAYS_FILE)},
         }
         _write_file(tmp / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
-        _fsync(tmp)
+        fsync_path(tmp)
 
     def _save_failed(self, exc: OSError) -> str:
         kept = self.latest()
@@ -279,14 +280,3 @@ def _digest(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
 
 
-def _fsync(path: Path) -> None:
-    try:  # a folder is fsynced to make its entries (and a rename into it) durable; some file systems refuse
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
