@@ -115,7 +115,10 @@ def build_artifacts(
     except Exception as exc:
         errors = [ln for ln in log["text"].splitlines() if "[E:" in ln or "Error" in ln][-3:]
         detail = f" ({' | '.join(errors)})" if errors else ""
-        raise TrainingError(f"could not build the training graph for output {output!r}: {exc}{detail}") from exc
+        raise TrainingError(
+            f"could not build the training graph for output {output!r}: {exc}{detail} "
+            "(onnx_flipout.trainability.prepare_for_training names and repairs the ops that cause this)"
+        ) from exc
     result = TrainingArtifacts(directory, optimizer)
     for path in (result.training_model, result.eval_model, result.optimizer_model):
         _lower_ir(path)
