@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,20 @@ class Repair(Pass):
     @abc.abstractmethod
     def rewrite(self, ed: "Editor", out: Outcome) -> None:
         """Edit ed.model in place; append a line to out.changes per change (out.skipped per deliberate skip)."""
+
+
+class NodeRepair(Repair):
+    """A repair that rewrites the nodes whose op_type is in `ops` (not empty) one at a time, in graph order.
+
+    `rewrite_node` may also edit other nodes and initializers in place (BatchNorm folding edits the layer before it):
+    the replacements are spliced in only after the walk, so positions stay valid while it runs."""
+
+    def rewrite(self, ed: "Editor", out: Outcome) -> None:
+        ed.replace_each(self.ops, lambda node: self.rewrite_node(ed, node, out))
+
+    @abc.abstractmethod
+    def rewrite_node(self, ed: "Editor", node: onnx.NodeProto, out: Outcome) -> list[onnx.NodeProto] | None:
+        """The nodes that take `node`'s place (may be empty or include `node`), or None to leave it where it is."""
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -146,6 +161,17 @@ class Editor:
         del self.graph.node[:]
         self.graph.node.extend(nodes)
         self._shapes = None
+
+    def replace_each(self, ops: Collection[str],
+                     replace: Callable[[onnx.NodeProto], list[onnx.NodeProto] | None]) -> None:
+        """Splice replace(node) in for every node whose op_type is in `ops`; None leaves the node as it is."""
+        repl = {}
+        for i, node in enumerate(self.graph.node):
+            if node.op_type in ops:
+                new = replace(node)
+                if new is not None:
+                    repl[i] = new
+        self.splice(repl)
 
     def rename_uses(self, old: str, new: str) -> None:
         """Every node input that reads `old` reads `new` instead (graph outputs keep their names)."""

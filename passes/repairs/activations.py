@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto
 
 from ..graph import attr
-from ._edit import Editor, Outcome, Repair, node_label
+from ._edit import Editor, NodeRepair, Outcome, node_label
 
 
 class _Builder:
@@ -79,44 +79,43 @@ REWRITES = {
 }
 
 
-class DifferentiableActivations(Repair):
+def _onnx_domain(node: onnx.NodeProto) -> bool:
+    """A custom domain's op of the same name need not compute the same thing."""
+    return node.domain in ("", "ai.onnx")
+
+
+class DifferentiableActivations(NodeRepair):
     """Rewrite the float32 activations in REWRITES (no gradient in onnxruntime-training 1.19.2)."""
 
     def __init__(self, ops=tuple(REWRITES)):
         self.ops = frozenset(ops)
 
-    def rewrite(self, ed: Editor, out: Outcome) -> None:
-        repl = {}
-        for i, node in enumerate(ed.graph.node):
-            if node.op_type not in self.ops or node.domain not in ("", "ai.onnx"):
-                continue
-            if ed.elem_type(node.input[0]) not in (0, TensorProto.FLOAT):  # constants here are float32
-                out.skipped.append(f"{node.op_type} {node_label(node)}: not float32")
-                continue
-            b = _Builder(ed, node)
-            repl[i] = b.finish(node, REWRITES[node.op_type](b, node))
-            out.changes.append(f"{node.op_type} {node_label(node)} -> differentiable ops")
-        ed.splice(repl)
+    def rewrite_node(self, ed: Editor, node: onnx.NodeProto, out: Outcome) -> list[onnx.NodeProto] | None:
+        if not _onnx_domain(node):
+            return None
+        if ed.elem_type(node.input[0]) not in (0, TensorProto.FLOAT):  # constants here are float32
+            out.skipped.append(f"{node.op_type} {node_label(node)}: not float32")
+            return None
+        b = _Builder(ed, node)
+        out.changes.append(f"{node.op_type} {node_label(node)} -> differentiable ops")
+        return b.finish(node, REWRITES[node.op_type](b, node))
 
 
-class VariadicToAdd(Repair):
+class VariadicToAdd(NodeRepair):
     """Sum / Mean of several tensors (no gradient) -> a chain of Add (and a Div by n for Mean)."""
 
     ops = frozenset({"Sum", "Mean"})
 
-    def rewrite(self, ed: Editor, out: Outcome) -> None:
-        repl = {}
-        for i, node in enumerate(ed.graph.node):
-            if node.op_type not in ("Sum", "Mean") or node.domain not in ("", "ai.onnx"):
-                continue
-            if node.op_type == "Mean" and ed.elem_type(node.input[0]) not in (0, TensorProto.FLOAT):
-                continue
-            b = _Builder(ed, node)
-            acc = node.input[0] if len(node.input) > 1 else b.op("Identity", node.input[0])
-            for x in node.input[1:]:
-                acc = b.op("Add", acc, x)
-            if node.op_type == "Mean" and len(node.input) > 1:
-                acc = b.op("Div", acc, b.c(np.float32(len(node.input))))
-            repl[i] = b.finish(node, acc)
-            out.changes.append(f"{node.op_type} {node_label(node)} of {len(node.input)} inputs -> Add chain")
-        ed.splice(repl)
+    def rewrite_node(self, ed: Editor, node: onnx.NodeProto, out: Outcome) -> list[onnx.NodeProto] | None:
+        if not _onnx_domain(node):
+            return None
+        if node.op_type == "Mean" and ed.elem_type(node.input[0]) not in (0, TensorProto.FLOAT):
+            return None
+        b = _Builder(ed, node)
+        acc = node.input[0] if len(node.input) > 1 else b.op("Identity", node.input[0])
+        for x in node.input[1:]:
+            acc = b.op("Add", acc, x)
+        if node.op_type == "Mean" and len(node.input) > 1:
+            acc = b.op("Div", acc, b.c(np.float32(len(node.input))))
+        out.changes.append(f"{node.op_type} {node_label(node)} of {len(node.input)} inputs -> Add chain")
+        return b.finish(node, acc)

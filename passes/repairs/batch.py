@@ -10,6 +10,7 @@ sample by sample) and trainability.prepare_for_training reverts it when the chec
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from ..graph import attr
 from ._edit import Editor, Outcome, Repair, node_label
@@ -32,25 +33,28 @@ class DynamicBatch(Repair):
         for vi in fed:
             _make_symbolic(vi)
         carrying = _batch_carrying(ed, {vi.name for vi in fed})
-        repl = {}
-        for i, node in enumerate(ed.graph.node):
-            if node.op_type != "Reshape" or node.input[0] not in carrying or attr(node, "allowzero", 0):
-                continue
-            target = ed.constant(node.input[1])
-            if target is None or target.ndim != 1 or not len(target) or int(target[0]) != b:
-                continue
-            new = np.array(target, np.int64)
-            new[0] = 0
-            const, name = ed.const(f"{node.input[1]}_any_batch", new, np.int64)
-            node.input[1] = name
-            repl[i] = [const, node]
-            out.changes.append(f"Reshape {node_label(node)}: target {target.tolist()} -> {new.tolist()}")
-        ed.splice(repl)
+        ed.replace_each({"Reshape"}, lambda node: _any_batch_reshape(ed, node, b, carrying, out))
         for vi in ed.graph.output:
             if _first_dim(vi) == b:
                 _make_symbolic(vi)
         del ed.graph.value_info[:]
         out.changes.insert(0, f"fixed batch dimension {b} of the input(s) and outputs -> symbolic {BATCH!r}")
+
+
+def _any_batch_reshape(ed: Editor, node: onnx.NodeProto, b: int, carrying: set[str],
+                       out: Outcome) -> list[onnx.NodeProto] | None:
+    """A Reshape of a batch-carrying tensor to [b, ...] reads a new target [0, ...]; None when it does not apply."""
+    if node.input[0] not in carrying or attr(node, "allowzero", 0):
+        return None
+    target = ed.constant(node.input[1])
+    if target is None or target.ndim != 1 or not len(target) or int(target[0]) != b:
+        return None
+    new = np.array(target, np.int64)
+    new[0] = 0
+    const, name = ed.const(f"{node.input[1]}_any_batch", new, np.int64)
+    node.input[1] = name
+    out.changes.append(f"Reshape {node_label(node)}: target {target.tolist()} -> {new.tolist()}")
+    return [const, node]
 
 
 def _first_dim(vi):

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from ..graph import attr
-from ._edit import Editor, Outcome, Repair, node_label
+from ._edit import Editor, NodeRepair, Outcome, node_label
 
 
 def _bn_params(ed: Editor, node: onnx.NodeProto):
@@ -33,25 +33,20 @@ def _bn_params(ed: Editor, node: onnx.NodeProto):
     return s, beta - mean * s
 
 
-class FoldBatchNorm(Repair):
+class FoldBatchNorm(NodeRepair):
     """BN right after a Conv/Gemm whose output nothing else reads, with weights used by that layer alone."""
 
     ops = frozenset({"BatchNormalization"})
 
-    def rewrite(self, ed: Editor, out: Outcome) -> None:
-        repl = {}
-        for i, node in enumerate(ed.graph.node):
-            if node.op_type != "BatchNormalization":
-                continue
-            params = _bn_params(ed, node)
-            layer = ed.producer(node.input[0])
-            if params is None or layer is None or not self._foldable(ed, layer, node):
-                continue
-            self._fold(ed, layer, *params)
-            layer.output[0] = node.output[0]
-            repl[i] = []
-            out.changes.append(f"folded BatchNormalization {node_label(node)} into {layer.op_type} {node_label(layer)}")
-        ed.splice(repl)
+    def rewrite_node(self, ed: Editor, node: onnx.NodeProto, out: Outcome) -> list[onnx.NodeProto] | None:
+        params = _bn_params(ed, node)
+        layer = ed.producer(node.input[0])
+        if params is None or layer is None or not self._foldable(ed, layer, node):
+            return None
+        self._fold(ed, layer, *params)  # the layer and its initializers change in place; the BN goes
+        layer.output[0] = node.output[0]
+        out.changes.append(f"folded BatchNormalization {node_label(node)} into {layer.op_type} {node_label(layer)}")
+        return []
 
     @staticmethod
     def _foldable(ed: Editor, layer: onnx.NodeProto, bn: onnx.NodeProto) -> bool:
@@ -94,28 +89,23 @@ class FoldBatchNorm(Repair):
                         a.f = 1.0
 
 
-class BatchNormToAffine(Repair):
+class BatchNormToAffine(NodeRepair):
     """Any other inference-mode BN: x * s + t with constant per-channel s, t (running statistics frozen)."""
 
     ops = frozenset({"BatchNormalization"})
 
-    def rewrite(self, ed: Editor, out: Outcome) -> None:
-        repl = {}
-        for i, node in enumerate(ed.graph.node):
-            if node.op_type != "BatchNormalization":
-                continue
-            params = _bn_params(ed, node)
-            dims = ed.shape(node.input[0])
-            if params is None or dims is None:
-                out.skipped.append(f"BatchNormalization {node_label(node)}: training mode, statistics fed at run "
-                                   "time, or input rank unknown")
-                continue
-            shape = [-1] + [1] * (len(dims) - 2)  # channels on axis 1, broadcast over the spatial axes
-            base = node.output[0]
-            cs, s_name = ed.const(f"{base}_scale", params[0].reshape(shape))
-            ct, t_name = ed.const(f"{base}_shift", params[1].reshape(shape))
-            mul, (scaled,) = ed.node("Mul", [node.input[0], s_name], base)
-            add = onnx.helper.make_node("Add", [scaled, t_name], [node.output[0]], name=ed.fresh(f"{base}/Add"))
-            repl[i] = [cs, ct, mul, add]
-            out.changes.append(f"BatchNormalization {node_label(node)} -> per-channel Mul + Add (statistics frozen)")
-        ed.splice(repl)
+    def rewrite_node(self, ed: Editor, node: onnx.NodeProto, out: Outcome) -> list[onnx.NodeProto] | None:
+        params = _bn_params(ed, node)
+        dims = ed.shape(node.input[0])
+        if params is None or dims is None:
+            out.skipped.append(f"BatchNormalization {node_label(node)}: training mode, statistics fed at run "
+                               "time, or input rank unknown")
+            return None
+        shape = [-1] + [1] * (len(dims) - 2)  # channels on axis 1, broadcast over the spatial axes
+        base = node.output[0]
+        cs, s_name = ed.const(f"{base}_scale", params[0].reshape(shape))
+        ct, t_name = ed.const(f"{base}_shift", params[1].reshape(shape))
+        mul, (scaled,) = ed.node("Mul", [node.input[0], s_name], base)
+        add = onnx.helper.make_node("Add", [scaled, t_name], [node.output[0]], name=ed.fresh(f"{base}/Add"))
+        out.changes.append(f"BatchNormalization {node_label(node)} -> per-channel Mul + Add (statistics frozen)")
+        return [cs, ct, mul, add]

@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto
 
 from ..graph import attr
-from ._edit import Editor, Outcome, Repair, node_label
+from ._edit import Editor, NodeRepair, Outcome, node_label
 
 
 def _window_counts(spatial, kernel, strides, pads) -> np.ndarray:
@@ -38,21 +38,16 @@ def _window_counts(spatial, kernel, strides, pads) -> np.ndarray:
     return counts.astype(np.float32)
 
 
-class AveragePoolToConv(Repair):
+class AveragePoolToConv(NodeRepair):
     ops = frozenset({"AveragePool"})
 
-    def rewrite(self, ed: Editor, out: Outcome) -> None:
-        repl = {}
-        for i, node in enumerate(ed.graph.node):
-            if node.op_type != "AveragePool":
-                continue
-            why = self._why_not(ed, node)
-            if why:
-                out.skipped.append(f"AveragePool {node_label(node)}: {why}")
-                continue
-            repl[i] = self._replace(ed, node)
-            out.changes.append(f"AveragePool {node_label(node)} -> depthwise Conv with a constant kernel")
-        ed.splice(repl)
+    def rewrite_node(self, ed: Editor, node: onnx.NodeProto, out: Outcome) -> list[onnx.NodeProto] | None:
+        why = self._why_not(ed, node)
+        if why:
+            out.skipped.append(f"AveragePool {node_label(node)}: {why}")
+            return None
+        out.changes.append(f"AveragePool {node_label(node)} -> depthwise Conv with a constant kernel")
+        return self._replace(ed, node)
 
     @staticmethod
     def _why_not(ed: Editor, node) -> str | None:
@@ -99,21 +94,16 @@ class AveragePoolToConv(Repair):
         return [const, conv, counts, div]
 
 
-class LRNToConv(Repair):
+class LRNToConv(NodeRepair):
     ops = frozenset({"LRN"})
 
-    def rewrite(self, ed: Editor, out: Outcome) -> None:
-        repl = {}
-        for i, node in enumerate(ed.graph.node):
-            if node.op_type != "LRN":
-                continue
-            dims = ed.shape(node.input[0])
-            if ed.elem_type(node.input[0]) not in (0, TensorProto.FLOAT) or dims is None or len(dims) < 3:
-                out.skipped.append(f"LRN {node_label(node)}: not float32 or rank unknown")
-                continue
-            repl[i] = self._replace(ed, node)
-            out.changes.append(f"LRN {node_label(node)} -> channel-window Conv, Pow and Div")
-        ed.splice(repl)
+    def rewrite_node(self, ed: Editor, node: onnx.NodeProto, out: Outcome) -> list[onnx.NodeProto] | None:
+        dims = ed.shape(node.input[0])
+        if ed.elem_type(node.input[0]) not in (0, TensorProto.FLOAT) or dims is None or len(dims) < 3:
+            out.skipped.append(f"LRN {node_label(node)}: not float32 or rank unknown")
+            return None
+        out.changes.append(f"LRN {node_label(node)} -> channel-window Conv, Pow and Div")
+        return self._replace(ed, node)
 
     @staticmethod
     def _replace(ed: Editor, node) -> list[onnx.NodeProto]:

@@ -20,29 +20,28 @@ import numpy as np
 import onnx
 
 from ..graph import attr
-from ._edit import Editor, Outcome, Repair, node_label
+from ._edit import Editor, NodeRepair, Outcome, node_label
 
 _GATES = {"LSTM": 4, "GRU": 3}
 
 
-class UnrollRecurrent(Repair):
+class UnrollRecurrent(NodeRepair):
     ops = frozenset(_GATES)
 
     def rewrite(self, ed: Editor, out: Outcome) -> None:
-        repl, replaced = {}, []
-        for i, node in enumerate(ed.graph.node):
-            if node.op_type not in _GATES:
-                continue
-            why = self._why_not(ed, node)
-            if why:
-                out.skipped.append(f"{node.op_type} {node_label(node)}: {why}")
-                continue
-            steps = ed.shape(node.input[0])[0]
-            repl[i] = _Unroller(ed, node).build(steps)
-            replaced += [x for x in node.input[1:4] if x]
-            out.changes.append(f"{node.op_type} {node_label(node)} unrolled over {steps} steps")
-        ed.splice(repl)
-        ed.drop_unused_initializers(replaced)  # the original [1, G*H, ...] tensors, now unread
+        weights = {x for n in ed.graph.node if n.op_type in _GATES for x in n.input[1:4]} & set(ed.inits())
+        super().rewrite(ed, out)
+        # the original [1, G*H, ...] tensors of the unrolled nodes, now unread (a skipped node still reads its own)
+        ed.drop_unused_initializers(weights)
+
+    def rewrite_node(self, ed: Editor, node: onnx.NodeProto, out: Outcome) -> list[onnx.NodeProto] | None:
+        why = self._why_not(ed, node)
+        if why:
+            out.skipped.append(f"{node.op_type} {node_label(node)}: {why}")
+            return None
+        steps = ed.shape(node.input[0])[0]
+        out.changes.append(f"{node.op_type} {node_label(node)} unrolled over {steps} steps")
+        return _Unroller(ed, node).build(steps)
 
     @staticmethod
     def _why_not(ed: Editor, node) -> str | None:

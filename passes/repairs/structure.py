@@ -10,7 +10,7 @@ import onnx
 from onnx import helper
 
 from ..graph import opset_version
-from ._edit import Editor, Outcome, Repair, node_label
+from ._edit import Editor, NodeRepair, Outcome, Repair, node_label
 
 MIN_OPSET = 13  # int8 QDQ needs per-channel DequantizeLinear (13); gradient graphs need >= 11
 MAX_IR = 10  # what onnxruntime(-training) 1.19.2 loads
@@ -75,25 +75,21 @@ def _dropout_training(ed: Editor, node: onnx.NodeProto) -> bool | None:
     return None if flag is None else bool(np.asarray(flag).item())
 
 
-class RemoveInferenceDropout(Repair):
+class RemoveInferenceDropout(NodeRepair):
     """Dropout in inference mode is the identity: bypass it (its unused mask output goes too)."""
 
     ops = frozenset({"Dropout"})
 
-    def rewrite(self, ed: Editor, out: Outcome) -> None:
-        outputs, repl = ed.outputs(), {}
-        for i, node in enumerate(ed.graph.node):
-            if node.op_type != "Dropout" or _dropout_training(ed, node) is not False:
-                continue
-            if len(node.output) > 1 and node.output[1] and ed.uses(node.output[1]):
-                continue
-            if node.output[0] in outputs:  # a graph output keeps its name: an Identity writes it
-                repl[i] = [helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name)]
-            else:
-                ed.rename_uses(node.output[0], node.input[0])
-                repl[i] = []
-            out.changes.append(f"removed inference-mode Dropout {node_label(node)}")
-        ed.splice(repl)
+    def rewrite_node(self, ed: Editor, node: onnx.NodeProto, out: Outcome) -> list[onnx.NodeProto] | None:
+        if _dropout_training(ed, node) is not False:
+            return None
+        if len(node.output) > 1 and node.output[1] and ed.uses(node.output[1]):
+            return None
+        out.changes.append(f"removed inference-mode Dropout {node_label(node)}")
+        if node.output[0] in ed.outputs():  # a graph output keeps its name: an Identity writes it
+            return [helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name)]
+        ed.rename_uses(node.output[0], node.input[0])
+        return []
 
 
 class DropoutMask(Repair):
@@ -111,53 +107,44 @@ class DropoutMask(Repair):
                                        "(its outputs are random: not verifiable exactly)")
 
 
-class CastLikeToCast(Repair):
+class CastLikeToCast(NodeRepair):
     """CastLike(x, like) has no gradient; Cast(x, to=type of like) is the same op with a gradient."""
 
     ops = frozenset({"CastLike"})
 
-    def rewrite(self, ed: Editor, out: Outcome) -> None:
-        repl = {}
-        for i, node in enumerate(ed.graph.node):
-            if node.op_type != "CastLike":
-                continue
-            to = ed.elem_type(node.input[1])
-            if not to:
-                out.skipped.append(f"CastLike {node_label(node)}: type of {node.input[1]!r} unknown")
-                continue
-            repl[i] = [helper.make_node("Cast", [node.input[0]], list(node.output), name=node.name, to=to)]
-            out.changes.append(f"CastLike {node_label(node)} -> Cast(to={onnx.TensorProto.DataType.Name(to)})")
-        ed.splice(repl)
+    def rewrite_node(self, ed: Editor, node: onnx.NodeProto, out: Outcome) -> list[onnx.NodeProto] | None:
+        to = ed.elem_type(node.input[1])
+        if not to:
+            out.skipped.append(f"CastLike {node_label(node)}: type of {node.input[1]!r} unknown")
+            return None
+        out.changes.append(f"CastLike {node_label(node)} -> Cast(to={onnx.TensorProto.DataType.Name(to)})")
+        return [helper.make_node("Cast", [node.input[0]], list(node.output), name=node.name, to=to)]
 
 
-class LayerNormOutputs(Repair):
+class LayerNormOutputs(NodeRepair):
     """onnxruntime's LayerNormalization gradient reads the optional Mean/InvStdDev outputs and the bias input:
     add unused outputs, and a zero bias (a Constant, so nobody trains it) where there is none."""
 
     ops = frozenset({"LayerNormalization"})
 
-    def rewrite(self, ed: Editor, out: Outcome) -> None:
-        repl = {}
-        for i, node in enumerate(ed.graph.node):
-            if node.op_type != "LayerNormalization":
-                continue
-            added = []
-            if len(node.input) < 3 or not node.input[2]:
-                dims = ed.shape(node.input[1])
-                if dims is None or None in dims:
-                    out.skipped.append(f"LayerNormalization {node_label(node)}: scale shape unknown, no bias added")
-                else:
-                    const, name = ed.const(f"{node.output[0]}_zero_bias", np.zeros(dims))
-                    del node.input[2:]
-                    node.input.append(name)
-                    repl[i] = [const, node]
-                    added.append("zero bias")
-            for k in (1, 2):
-                if len(node.output) <= k:
-                    node.output.append("")
-                if not node.output[k]:
-                    node.output[k] = ed.fresh(f"{node.output[0]}_{('mean', 'inv_std_dev')[k - 1]}")
-                    added.append(("Mean", "InvStdDev")[k - 1])
-            if added:
-                out.changes.append(f"LayerNormalization {node_label(node)}: added {', '.join(added)}")
-        ed.splice(repl)
+    def rewrite_node(self, ed: Editor, node: onnx.NodeProto, out: Outcome) -> list[onnx.NodeProto] | None:
+        added, new = [], None  # the outputs are added in place; only a new bias Constant needs a splice
+        if len(node.input) < 3 or not node.input[2]:
+            dims = ed.shape(node.input[1])
+            if dims is None or None in dims:
+                out.skipped.append(f"LayerNormalization {node_label(node)}: scale shape unknown, no bias added")
+            else:
+                const, name = ed.const(f"{node.output[0]}_zero_bias", np.zeros(dims))
+                del node.input[2:]
+                node.input.append(name)
+                new = [const, node]
+                added.append("zero bias")
+        for k in (1, 2):
+            if len(node.output) <= k:
+                node.output.append("")
+            if not node.output[k]:
+                node.output[k] = ed.fresh(f"{node.output[0]}_{('mean', 'inv_std_dev')[k - 1]}")
+                added.append(("Mean", "InvStdDev")[k - 1])
+        if added:
+            out.changes.append(f"LayerNormalization {node_label(node)}: added {', '.join(added)}")
+        return new

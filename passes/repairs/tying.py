@@ -15,8 +15,8 @@ PARAM_SLOTS = {
     ("MatMul", 1), ("Gemm", 1), ("Gemm", 2), ("Conv", 1), ("Conv", 2), ("ConvTranspose", 1), ("ConvTranspose", 2),
     ("LayerNormalization", 1), ("LayerNormalization", 2), ("BatchNormalization", 1), ("BatchNormalization", 2),
     ("BatchNormalization", 3), ("BatchNormalization", 4), ("InstanceNormalization", 1),
-    ("InstanceNormalization", 2), ("PRelu", 1), ("Gather", 0),
-}
+    ("InstanceNormalization", 2), ("PRelu", 1),
+}  # not Gather's table: an embedding read twice is one lookup table, and copying it only costs memory
 _BIAS_AFTER = ("MatMul", "Gemm", "Conv")
 
 
