@@ -1,33 +1,37 @@
 """`compress`: fine-tune with pruning in onnxruntime-training, then quantize and store sparse, and measure it all.
 
-Stages: load and check -> (teacher outputs when there are no labels) -> fine-tune with the pruning hook ->
-write the masked weights back -> calibrate and insert QDQ -> sparse storage -> save atomically -> verify and measure.
+Stages: load and check -> make the graph trainable (trainability.py: repairs checked exact, frozen fallback) ->
+(teacher outputs from the original when there are no labels) -> fine-tune with the pruning hook (finetune.py; the
+artifact build and first step guarded in a child process) -> write the masked weights back -> shrink dead units ->
+calibrate and insert QDQ -> sparse storage -> save atomically -> verify and measure against the original (measure.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from . import data as data_mod
 from .config import CompressConfig
-from .errors import ConfigError
+from .errors import ConfigError, TrainingError
+from .finetune import finetune
+from .measure import measure
 from .model_io import StagedFile, check_output_path, load_model
 from .passes import Sequential
-from .passes.prunable import find_prunable_weights, find_trainable_params
+from .passes.preflight import reaches
+from .passes.prunable import find_prunable_weights
+from .passes.repairs import ThawInitializers
 from .passes.shrink import ShrinkDeadUnits
 from .passes.sparse import SparsifyInitializers
 from .passes.weights import SetInitializers
-from .pruning.criteria import Criterion, make_criterion
-from .pruning.pruner import Probes, Pruner, PruningResult
-from .pruning.scores import GRADIENTS, LAYER_INPUTS
-from .report import Report, TensorStats
+from .pruning.pruner import PruningResult
+from .report import FROZEN, OFF_PATH, Report, TensorStats
 
 
 class _Stages:
@@ -68,9 +72,9 @@ def compress(
         original = load_model(model, cfg.max_bytes)
         output_name = _output_name(original, cfg.output_name)
         train_ds, eval_ds = _datasets(original, data, eval_data, labels, output_name, cfg)
-        slots = find_prunable_weights(original)
-        if not slots:
-            raise ConfigError(f"{model}: no prunable weights (float initializers feeding MatMul, Gemm or Conv)")
+    with stages("repair"):
+        trainable, repairs = _make_trainable(original, output_name, cfg)
+        slots, frozen, off_path = _weights(model, trainable, output_name, repairs)
 
     from .runtime.session import make_session
 
@@ -78,8 +82,9 @@ def compress(
     with stages("teacher"):
         loss, target = _loss_and_target(original_session, train_ds, output_name, cfg)
     with stages("fine-tune"):
-        params, pruning, history = _finetune(original, train_ds.inputs, target, output_name, loss, cfg)
-    pruned = SetInitializers(params)(original).model
+        params, pruning, history = finetune(trainable, slots, train_ds.inputs, target, output_name, loss, cfg)
+    # frozen weights are read through an Identity while training; from here on they are weights like the others
+    pruned = ThawInitializers()(SetInitializers(params)(trainable).model).model
     with stages("shrink"):  # on fp32 weights, before calibration sees the graph
         # widths kept at multiples of 8: onnxruntime's int8 kernels run them ~10 % faster (benchmarks/speed_size.py)
         shrunk = ShrinkDeadUnits(multiple=8)(pruned).model if cfg.shrink else pruned
@@ -95,9 +100,10 @@ def compress(
     # so a run that fails at any point leaves no partial output and keeps any previous one.
     with StagedFile(out_path, final.SerializeToString(), "model") as staged:
         rep = _report(model, out_path, cfg, loss, pruning, slots, history, eval_ds, staged.size)
+        _add_untrained(rep, frozen, off_path, pruned, repairs)
         rep.units = _unit_counts(pruned, shrunk)
         with stages("verify"):
-            _measure(rep, original_session, make_session(staged.path, cfg.provider), eval_ds, output_name)
+            measure(rep, original_session, make_session(staged.path, cfg.provider), eval_ds, output_name)
         from .passes.sizes import storage_report
 
         storage = storage_report(final, staged.path)
@@ -110,6 +116,50 @@ def compress(
             staged.commit()
             staged_report.commit()
     return rep
+
+
+def _make_trainable(model: onnx.ModelProto, output_name: str, cfg: CompressConfig):
+    """(the model to fine-tune, RepairLog or None): repaired so onnxruntime-training can differentiate it, weights no
+    gradient reaches frozen and pruned one-shot (trainability.py). --no-repair trains the graph as given."""
+    if not cfg.repair:
+        return model, None
+    from .trainability import prepare_for_training
+
+    repaired, log = prepare_for_training(model, output_name, sparsity=cfg.sparsity if cfg.alpha is None else 0.0)
+    if log.verification is not None and not log.verification["ok"]:
+        raise TrainingError(f"the repaired graph computes different outputs ({log.verification['detail']}) and no "
+                            "single repair was to blame; rerun with --no-repair to train the graph as given")
+    return repaired, log
+
+
+def _weights(path, trainable: onnx.ModelProto, output_name: str, repairs):
+    """Which prunable weights get what: (fine-tuned and pruned, frozen and pruned one-shot by the repair stage,
+    not on the trained output's path: neither trained nor pruned, so the other outputs keep them as they are)."""
+    on_path = reaches(trainable, output_name)
+    slots = [s for s in find_prunable_weights(trainable) if s.name in on_path]
+    frozen_names = set(repairs.frozen) if repairs is not None else set()
+    thawed = find_prunable_weights(ThawInitializers()(trainable).model)
+    frozen = [s for s in thawed if s.name in frozen_names]
+    off_path = [s for s in thawed if s.name not in on_path]
+    if not slots:
+        why = f"; {len(frozen)} are frozen because no gradient reaches them" if frozen else ""
+        raise ConfigError(f"{path}: no trainable prunable weights on the path to output {output_name!r} (float "
+                          f"initializers feeding MatMul, Gemm or Conv){why}")
+    return slots, frozen, off_path
+
+
+def _add_untrained(rep: Report, frozen, off_path, model: onnx.ModelProto, repairs) -> None:
+    """Frozen weights join the per-tensor table and the global sparsity; weights off the trained output's path are
+    listed, outside the sparsity; the repair log goes into the report."""
+    rep.trainability = None if repairs is None else repairs.to_dict()
+    inits = {t.name: t for t in model.graph.initializer}
+    zeros = {s.name: int((numpy_helper.to_array(inits[s.name]) == 0).sum()) for s in [*frozen, *off_path]}
+    if frozen:
+        pruned = rep.achieved_sparsity * rep.prunable_weights + sum(zeros[s.name] for s in frozen)
+        rep.prunable_weights += sum(s.size for s in frozen)
+        rep.achieved_sparsity = pruned / rep.prunable_weights
+    rep.tensors += [TensorStats(s.name, list(s.shape), zeros[s.name] / s.size, role=FROZEN) for s in frozen]
+    rep.tensors += [TensorStats(s.name, list(s.shape), zeros[s.name] / s.size, role=OFF_PATH) for s in off_path]
 
 
 def _report(model, out_path, cfg: CompressConfig, loss, pruning: PruningResult, slots, history, eval_ds,
@@ -171,79 +221,6 @@ def _loss_and_target(session, ds: data_mod.Dataset, output_name: str, cfg: Compr
     return loss, loss.targets(teacher)
 
 
-def _finetune(model, inputs, target, output_name, loss, cfg: CompressConfig):
-    from .runtime.artifacts import build_artifacts
-    from .runtime.trainer import Trainer, TrainSettings
-
-    slots = find_prunable_weights(model)
-    criterion = make_criterion(cfg.criterion, cfg.criterion_options())
-    settings = TrainSettings(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, seed=cfg.seed, progress=cfg.progress, checkpoint_every=cfg.checkpoint_every,
-    )
-    store, snapshot = _checkpoints(model, inputs, target, cfg)  # before any work: a bad checkpoint fails fast
-    with tempfile.TemporaryDirectory(prefix="onnx-flipout-") as tmp:
-        arts = build_artifacts(
-            model, find_trainable_params(model), output_name, loss, cfg.optimizer, Path(tmp), cfg.weight_decay
-        )
-        trainer = Trainer(arts, settings, checkpoints=store, resume=snapshot)
-        pruner = Pruner(
-            [s.name for s in slots], criterion.score, criterion.schedule, criterion.selection,
-            noise=cfg.noise, seed=cfg.seed, probes=_probes(criterion, trainer, model, slots, inputs, target, cfg),
-        )
-        try:
-            history = trainer.fit(inputs, target, [pruner])
-        except ValueError as exc:  # e.g. too few steps for the schedule
-            raise ConfigError(str(exc)) from None
-        params = trainer.parameters()
-    return params, pruner.result(), history
-
-
-def _checkpoints(model, inputs, target, cfg: CompressConfig):
-    """(store, snapshot to resume from) for --checkpoint-dir, else (None, None). A checkpoint records fingerprints of
-    the validated model (external data inlined) and of the training data and targets, and the options that shape
-    training (config.RESUME_FIELDS); resuming refuses any difference."""
-    if cfg.checkpoint_dir is None:
-        return None, None
-    import onnxruntime
-
-    from .runtime.checkpoint import CheckpointStore, data_fingerprint, sha256_of
-
-    identity = {"model_sha256": sha256_of([model.SerializeToString()]), "data_sha256": data_fingerprint(inputs, target),
-                "config": cfg.resume_key(), "onnxruntime": onnxruntime.__version__}
-    store = CheckpointStore(cfg.checkpoint_dir, identity)
-    if cfg.resume:
-        return store, store.load()
-    store.check_fresh()
-    return store, None
-
-
-def _probes(criterion: Criterion, trainer, model, slots, inputs, target, cfg: CompressConfig) -> Probes:
-    """What the criterion's score needs from the runtime, measured on a seeded sample of the training data
-    (up to calibration_samples): SNIP's gradients and NNrelief's layer inputs."""
-    needs = criterion.score.needs
-    if not needs & {GRADIENTS, LAYER_INPUTS}:
-        return Probes()
-    n = len(target)
-    # a random sample, not the first rows: user data may be sorted by class
-    sample = np.sort(np.random.default_rng([cfg.seed, 1]).permutation(n)[: min(n, cfg.calibration_samples)])
-    probes = Probes()
-    if GRADIENTS in needs:
-        from .runtime.gradients import mean_gradients
-
-        batches = [sample[i : i + cfg.batch_size] for i in range(0, len(sample), cfg.batch_size)]
-        names = [s.name for s in slots]
-        probes.gradients = lambda: mean_gradients(trainer, inputs, target, batches, names)
-    if LAYER_INPUTS in needs:
-        from .runtime.activations import layer_inputs
-
-        feeds = [{k: v[sample[i : i + 256]] for k, v in inputs.items()} for i in range(0, len(sample), 256)]
-        probes.layer_inputs = lambda: layer_inputs(
-            SetInitializers(trainer.parameters())(model).model, slots, feeds, cfg.provider
-        )
-    return probes
-
-
 def _quantize(model: onnx.ModelProto, ds: data_mod.Dataset, cfg: CompressConfig) -> onnx.ModelProto:
     from .passes.quantize import InsertQDQ, activation_tensors
     from .runtime.calibrate import collect_ranges
@@ -267,20 +244,6 @@ def _tensor_stats(pruning: PruningResult, slots) -> list[TensorStats]:
             )
         )
     return stats
-
-
-def _measure(rep: Report, before, after, eval_ds: data_mod.Dataset, output_name: str) -> None:
-    from .runtime.bench import compare_latency
-    from .runtime.evaluate import accuracy, agreement, predict
-
-    ref, out = predict(before, eval_ds, output_name), predict(after, eval_ds, output_name)
-    if eval_ds.labels is not None:
-        rep.accuracy_before, rep.accuracy_after = accuracy(ref, eval_ds.labels), accuracy(out, eval_ds.labels)
-    rep.agreement = agreement(ref, out)
-    for batch in sorted({1, min(32, len(eval_ds))}):
-        feeds = next(eval_ds.batches(batch))
-        t = compare_latency({"original": before, "compressed": after}, feeds)
-        rep.latency_ms[f"batch {batch}"] = {k: v * 1e3 for k, v in t.items()}
 
 
 def _versions() -> dict:

@@ -49,6 +49,9 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
                    help="loss without --labels: soft cross-entropy on [N, C] logits, or scale-free MSE (default: auto)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--provider", choices=PROVIDERS, default=d.provider)
+    p.add_argument("--repair", action=argparse.BooleanOptionalAction, default=d.repair,
+                   help="make the graph trainable first: exact repairs checked with onnxruntime, frozen fallback "
+                        "(default: on; the report lists them)")
     p.add_argument("--shrink", action=argparse.BooleanOptionalAction, default=d.shrink,
                    help="remove units whose weights in or out are all zero (default: on; outputs unchanged)")
     p.add_argument("--sparse-index", choices=SPARSE_INDEX, default=d.sparse_index,
@@ -86,7 +89,7 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         lr=a.lr, optimizer=a.optimizer, momentum=a.momentum, weight_decay=a.weight_decay, seed=a.seed,
         provider=a.provider, flipout_p=a.flipout_p, noise=a.noise, prune_rate=a.prune_rate,
         alpha=a.alpha, prune_events=a.prune_events,
-        output_name=a.output_name, distill=a.distill, max_bytes=a.max_bytes, shrink=a.shrink,
+        output_name=a.output_name, distill=a.distill, max_bytes=a.max_bytes, shrink=a.shrink, repair=a.repair,
         sparse_index=a.sparse_index,
         progress=not a.no_progress and sys.stderr.isatty(),
         checkpoint_dir=a.checkpoint_dir, checkpoint_every=a.checkpoint_every, resume=a.resume,

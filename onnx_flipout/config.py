@@ -22,7 +22,7 @@ SPARSE_INDEX = ("int64", "int32")
 # after training or not on its numbers, so a resume may change them.
 RESUME_FIELDS = ("sparsity", "criterion", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
                  "seed", "flipout_p", "noise", "prune_rate", "alpha", "prune_events", "eval_fraction",
-                 "calibration_samples", "output_name", "distill")
+                 "calibration_samples", "output_name", "distill", "repair")
 # Tuned on the digits MLP (0.05 also holds 99 % sparsity there); lower it for large pretrained models.
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 
@@ -49,6 +49,7 @@ class CompressConfig:
     calibration_samples: int = 512
     output_name: str | None = None  # which model output to train on (default: the first)
     distill: str = "auto"  # loss without labels: "logits" (soft cross-entropy), "mse", or auto by output shape
+    repair: bool = True  # make the graph trainable first (trainability.py): repairs checked exact, fallback freezing
     shrink: bool = True  # remove output units whose weights in or out are all zero (outputs unchanged)
     sparse_index: str = "int64"  # int32: smaller sparse tensors; onnxruntime loads them, onnx.checker refuses them
     max_bytes: int = DEFAULT_MAX_BYTES  # budget for what a model or data file may declare (checked before reading)
@@ -93,8 +94,9 @@ class CompressConfig:
                 raise ConfigError(f"{flag} needs --checkpoint-dir (the folder the checkpoints are in)")
         if self.checkpoint_every is not None:
             _positive_int("checkpoint-every", self.checkpoint_every)
-        if not isinstance(self.resume, bool):
-            raise ConfigError(f"resume must be True or False, got {self.resume!r}")
+        for flag in ("resume", "repair", "shrink"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
 
     def resume_key(self) -> dict:
         """The options a checkpoint records and a resume must match (RESUME_FIELDS, lr resolved)."""

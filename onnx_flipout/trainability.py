@@ -40,18 +40,9 @@ class RepairLog:
         return asdict(self)
 
     def format_text(self) -> str:
-        lines = [f"trainability ({self.output!r}): {len(self.blockers_before)} blocker(s) found, "
-                 f"{len(self.repairs)} repair(s), {len(self.frozen)} weight(s) frozen"]
-        lines += [f"  blocker   {b}" for b in self.blockers_before]
-        lines += [f"  repaired  {r}" for r in self.repairs]
-        lines += [f"  reverted  {r}" for r in self.reverted]
-        lines += [f"  frozen    {n}: {why}" for n, why in self.frozen.items()]
-        lines += [f"  BLOCKED   {b}" for b in self.blockers]
-        if self.verification is not None:
-            v = self.verification
-            lines.append(f"  verified  {'same outputs' if v['ok'] else 'DIFFERENT outputs'} "
-                         f"(max error {v['max_error']:.2g}) {v.get('detail', '')}".rstrip())
-        return "\n".join(lines)
+        from .report import trainability_lines
+
+        return "\n".join(trainability_lines(self.to_dict()) or [f"trainability ({self.output!r}): nothing to do"])
 
 
 def prepare_for_training(

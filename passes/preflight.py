@@ -155,7 +155,7 @@ def run_preflight(model: onnx.ModelProto, output: str, trainable: list[str] | No
             for out in node.output:
                 if carries(out):
                     reached[out] |= params
-    to_loss = _reaches(model, output)
+    to_loss = reaches(model, output)
     result = Preflight(output, trainable)
     result.unreachable = [p for p in trainable if p not in to_loss]
     for node in model.graph.node:
@@ -172,7 +172,7 @@ def run_preflight(model: onnx.ModelProto, output: str, trainable: list[str] | No
     return result
 
 
-def _reaches(model: onnx.ModelProto, output: str) -> set[str]:
+def reaches(model: onnx.ModelProto, output: str) -> set[str]:
     """Every tensor from which `output` can be computed (through any input slot)."""
     needed = {output}
     for node in reversed(model.graph.node):

@@ -9,7 +9,21 @@ from onnx_flipout.data import Dataset
 
 
 def predict(session: ort.InferenceSession, ds: Dataset, output: str, batch_size: int = 256) -> np.ndarray:
-    return np.concatenate([session.run([output], feed)[0] for feed in ds.batches(batch_size)])
+    return predict_outputs(session, ds, [output], batch_size)[output]
+
+
+def predict_outputs(session: ort.InferenceSession, ds: Dataset, outputs: list[str],
+                    batch_size: int = 256) -> dict[str, np.ndarray]:
+    """The named outputs over the whole dataset, in batches (of the model's own size when its batch is fixed)."""
+    runs = [session.run(outputs, feed) for feed in ds.batches(fixed_batch(session) or batch_size)]
+    return {name: np.concatenate([r[i] for r in runs]) for i, name in enumerate(outputs)}
+
+
+def fixed_batch(session: ort.InferenceSession) -> int | None:
+    """The batch size a model insists on (model-zoo files declare [1, 3, 224, 224]); None when it is free."""
+    firsts = {i.shape[0] if i.shape else None for i in session.get_inputs()}
+    first = firsts.pop() if len(firsts) == 1 else None
+    return first if isinstance(first, int) and first > 0 else None
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

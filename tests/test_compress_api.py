@@ -123,7 +123,7 @@ def test_a_run_failing_after_encoding_leaves_no_output_and_keeps_the_previous(di
     def broken(*args, **kwargs):
         raise RuntimeError("verification exploded")
 
-    monkeypatch.setattr(api, "_measure", broken)
+    monkeypatch.setattr(api, "measure", broken)
     with pytest.raises(RuntimeError, match="exploded"):
         compress(digits_files["model"], out, data=digits_files["train"], labels="y", report=rep, sparsity=0.5,
                  quantize="none", epochs=1, progress=False)

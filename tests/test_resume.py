@@ -30,9 +30,9 @@ def run(files, out, **options):
 
 
 def spy_finetune(monkeypatch) -> list:
-    """Record what _finetune returns (trained weights, masks, flips, losses) on each compress call."""
-    seen, original = [], api._finetune
-    monkeypatch.setattr(api, "_finetune", lambda *a: seen.append(original(*a)) or seen[-1])
+    """Record what finetune returns (trained weights, masks, flips, losses) on each compress call."""
+    seen, original = [], api.finetune
+    monkeypatch.setattr(api, "finetune", lambda *a: seen.append(original(*a)) or seen[-1])
     return seen
 
 

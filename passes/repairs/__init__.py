@@ -13,7 +13,7 @@ from .activations import REWRITES, DifferentiableActivations, VariadicToAdd
 from .batch import DynamicBatch
 from .batchnorm import BatchNormToAffine, FoldBatchNorm
 from .constants import FoldConstantWeights
-from .freeze import FreezeInitializers, magnitude_prune
+from .freeze import FreezeInitializers, ThawInitializers, magnitude_prune
 from .pooling import AveragePoolToConv, LRNToConv
 from .recurrent import UnrollRecurrent
 from .structure import (CastLikeToCast, DropoutMask, InitializersNotInputs, LayerNormOutputs, RemoveInferenceDropout,
@@ -49,5 +49,6 @@ __all__ = [
     "FoldConstantWeights", "UntieInitializers", "FoldBatchNorm", "BatchNormToAffine", "LayerNormOutputs",
     "DifferentiableActivations",
     "VariadicToAdd", "AveragePoolToConv", "LRNToConv", "UnrollRecurrent", "DynamicBatch", "FreezeInitializers",
+    "ThawInitializers",
     "magnitude_prune",
 ]

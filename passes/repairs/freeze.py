@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ._edit import Editor, Outcome, Repair
+from ._edit import Editor, NodeRepair, Outcome, Repair
 
 
 def magnitude_prune(w: np.ndarray, sparsity: float) -> np.ndarray:
@@ -50,3 +50,17 @@ class FreezeInitializers(Repair):
         if head:
             first = ed.graph.node[0] if len(ed.graph.node) else None
             ed.splice({0: head + [first]} if first is not None else {})
+
+
+class ThawInitializers(NodeRepair):
+    """Undo FreezeInitializers once fine-tuning is over: consumers read the weight itself again, so the passes that
+    work on weight slots (shrinking, int8, sparse storage) treat a frozen weight like every other one."""
+
+    ops = frozenset({"Identity"})
+
+    def rewrite_node(self, ed: Editor, node: onnx.NodeProto, out: Outcome) -> list[onnx.NodeProto] | None:
+        if not node.name.endswith("/freeze") or node.input[0] not in ed.inits() or node.output[0] in ed.outputs():
+            return None
+        ed.rename_uses(node.output[0], node.input[0])
+        out.changes.append(f"thawed {node.input[0]!r}")
+        return []
