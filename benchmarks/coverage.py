@@ -173,7 +173,8 @@ def _deploy(row: Row, compressed: Path, original, held, output, work: Path, depl
     import numpy as np
     import onnx
 
-    from onnx_flipout.runtime.evaluate import agreement
+    from onnx_flipout.data import Dataset
+    from onnx_flipout.runtime.evaluate import agreement, predict
     from onnx_flipout.runtime.session import make_session
 
     np.savez(work / "held.npz", **held)
@@ -192,21 +193,10 @@ def _deploy(row: Row, compressed: Path, original, held, output, work: Path, depl
         row.fused = f"{len(fused)} ops"
     elif not row.miss:
         row.miss = f"int8 not fused: {len(fused)} fused ops, {len(weight_dq)} weight DequantizeLinear left"
-    ref = _predict(make_session(original), held, output)
+    ref = predict(make_session(original), Dataset(held), output)  # a fixed batch (zoo: 1) is run that many at a time
     got = np.load(work / "deployed.npy")
     a = agreement(ref, got)
     row.top1, row.cosine = a["top1_agreement"], a["cosine"]
-
-
-def _predict(session, feeds, output):
-    """Outputs for all samples; a model with a fixed batch dimension (zoo files: 1) is run that many at a time."""
-    import numpy as np
-
-    dim = session.get_inputs()[0].shape[0]
-    step = dim if isinstance(dim, int) and dim > 0 else len(next(iter(feeds.values())))
-    n = len(next(iter(feeds.values())))
-    return np.concatenate([session.run([output], {k: v[i : i + step] for k, v in feeds.items()})[0]
-                           for i in range(0, n, step)])
 
 
 def _first_miss(row: Row) -> str:

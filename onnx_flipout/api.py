@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from .measure import measure
 from .model_io import StagedFile, check_output_path, load_model
 from .passes import Sequential
 from .passes.preflight import reaches
-from .passes.prunable import find_prunable_weights
+from .passes.prunable import find_prunable_weights, find_trainable_params
 from .passes.repairs import ThawInitializers
 from .passes.shrink import ShrinkDeadUnits
 from .passes.sparse import SparsifyInitializers
@@ -74,7 +75,7 @@ def compress(
         train_ds, eval_ds = _datasets(original, data, eval_data, labels, output_name, cfg)
     with stages("repair"):
         trainable, repairs = _make_trainable(original, output_name, cfg)
-        slots, frozen, off_path = _weights(model, trainable, output_name, repairs)
+        weights = _weights(model, trainable, output_name, repairs)
 
     from .runtime.session import make_session
 
@@ -82,7 +83,8 @@ def compress(
     with stages("teacher"):
         loss, target = _loss_and_target(original_session, train_ds, output_name, cfg)
     with stages("fine-tune"):
-        params, pruning, history = finetune(trainable, slots, train_ds.inputs, target, output_name, loss, cfg)
+        params, pruning, history = finetune(trainable, weights.slots, weights.params, train_ds.inputs, target,
+                                            output_name, loss, cfg)
     # frozen weights are read through an Identity while training; from here on they are weights like the others
     pruned = ThawInitializers()(SetInitializers(params)(trainable).model).model
     with stages("shrink"):  # on fp32 weights, before calibration sees the graph
@@ -99,8 +101,8 @@ def compress(
     # Outputs are staged next to their destinations and renamed into place only once verified and measured,
     # so a run that fails at any point leaves no partial output and keeps any previous one.
     with StagedFile(out_path, final.SerializeToString(), "model") as staged:
-        rep = _report(model, out_path, cfg, loss, pruning, slots, history, eval_ds, staged.size)
-        _add_untrained(rep, frozen, off_path, pruned, repairs)
+        rep = _report(model, out_path, cfg, loss, pruning, weights.slots, history, eval_ds, staged.size)
+        _add_untrained(rep, weights, pruned, repairs)
         rep.units = _unit_counts(pruned, shrunk)
         with stages("verify"):
             measure(rep, original_session, make_session(staged.path, cfg.provider), eval_ds, output_name)
@@ -132,26 +134,35 @@ def _make_trainable(model: onnx.ModelProto, output_name: str, cfg: CompressConfi
     return repaired, log
 
 
-def _weights(path, trainable: onnx.ModelProto, output_name: str, repairs):
-    """Which prunable weights get what: (fine-tuned and pruned, frozen and pruned one-shot by the repair stage,
-    not on the trained output's path: neither trained nor pruned, so the other outputs keep them as they are)."""
+@dataclass
+class _Weights:
+    """Which prunable weights get what."""
+
+    slots: list  # fine-tuned and pruned (WeightSlot)
+    params: list[str]  # every tensor fine-tuning updates: those weights and the biases on the trained output's path
+    frozen: list  # no gradient reaches them: pruned one-shot by the repair stage
+    off_path: list  # not on the trained output's path: neither trained nor pruned, the other outputs keep them
+
+
+def _weights(path, trainable: onnx.ModelProto, output_name: str, repairs) -> _Weights:
     on_path = reaches(trainable, output_name)
     slots = [s for s in find_prunable_weights(trainable) if s.name in on_path]
     frozen_names = set(repairs.frozen) if repairs is not None else set()
     thawed = find_prunable_weights(ThawInitializers()(trainable).model)
     frozen = [s for s in thawed if s.name in frozen_names]
-    off_path = [s for s in thawed if s.name not in on_path]
     if not slots:
         why = f"; {len(frozen)} are frozen because no gradient reaches them" if frozen else ""
         raise ConfigError(f"{path}: no trainable prunable weights on the path to output {output_name!r} (float "
                           f"initializers feeding MatMul, Gemm or Conv){why}")
-    return slots, frozen, off_path
+    params = [p for p in find_trainable_params(trainable) if p in on_path]
+    return _Weights(slots, params, frozen, [s for s in thawed if s.name not in on_path])
 
 
-def _add_untrained(rep: Report, frozen, off_path, model: onnx.ModelProto, repairs) -> None:
+def _add_untrained(rep: Report, weights: _Weights, model: onnx.ModelProto, repairs) -> None:
     """Frozen weights join the per-tensor table and the global sparsity; weights off the trained output's path are
     listed, outside the sparsity; the repair log goes into the report."""
     rep.trainability = None if repairs is None else repairs.to_dict()
+    frozen, off_path = weights.frozen, weights.off_path
     inits = {t.name: t for t in model.graph.initializer}
     zeros = {s.name: int((numpy_helper.to_array(inits[s.name]) == 0).sum()) for s in [*frozen, *off_path]}
     if frozen:

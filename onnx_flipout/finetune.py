@@ -14,17 +14,17 @@ import numpy as np
 
 from .config import CompressConfig
 from .errors import ConfigError
-from .passes.preflight import reaches
-from .passes.prunable import WeightSlot, find_trainable_params
+from .passes.prunable import WeightSlot
 from .passes.weights import SetInitializers
 from .pruning.criteria import Criterion, make_criterion
 from .pruning.pruner import Probes, Pruner
 from .pruning.scores import GRADIENTS, LAYER_INPUTS
 
 
-def finetune(model, slots: list[WeightSlot], inputs, target, output_name, loss, cfg: CompressConfig):
-    """(trained parameters, PruningResult, TrainHistory). `slots`: the weights to prune; trained are those and the
-    biases on the path to `output_name` (a weight only another output uses has no gradient to follow)."""
+def finetune(model, slots: list[WeightSlot], trainable: list[str], inputs, target, output_name, loss,
+             cfg: CompressConfig):
+    """(trained parameters, PruningResult, TrainHistory). `slots`: the weights to prune; `trainable`: every tensor
+    fine-tuning updates (those weights and the biases on the path to `output_name`)."""
     from .runtime.guarded import guarded_build_artifacts
     from .runtime.trainer import Trainer, TrainSettings
 
@@ -35,8 +35,6 @@ def finetune(model, slots: list[WeightSlot], inputs, target, output_name, loss, 
     )
     store, snapshot = _checkpoints(model, inputs, target, cfg)  # before any work: a bad checkpoint fails fast
     first = slice(0, min(cfg.batch_size, len(target)))
-    on_path = reaches(model, output_name)
-    trainable = [p for p in find_trainable_params(model) if p in on_path]
     with tempfile.TemporaryDirectory(prefix="onnx-flipout-") as tmp:
         arts = guarded_build_artifacts(
             model, trainable, output_name, loss, cfg.optimizer, Path(tmp),
