@@ -152,6 +152,39 @@ def test_flip_counts_survive_uint8_folding():
     assert fc.counts["w"].tolist() == [600, 600]
 
 
+def test_flip_counter_matches_a_naive_reference_across_folds_resync_and_resume():
+    """Negative means w < 0: -0.0 and NaN are not negative, -inf is. Past two uint8 folds, with a resync and a
+    state round trip (mid-fold, into a fresh counter) on the way; counts must equal a naive per-step comparison."""
+    rng = np.random.default_rng(3)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1e-45, -1e-45], dtype=np.float32)
+    w = {"a": np.zeros((7, 9), np.float32), "b": np.zeros(5, np.float32)}
+
+    def draw():
+        for a in w.values():
+            a[...] = np.where(rng.random(a.shape) < 0.2, rng.choice(specials, a.shape), rng.normal(size=a.shape))
+
+    draw()
+    fc = FlipCounter(w)
+    ref = {n: np.zeros(a.shape, np.int64) for n, a in w.items()}
+    prev = {n: a < 0 for n, a in w.items()}
+    for step in range(1, 601):
+        draw()
+        w["b"][0] = (-1.0) ** step  # flips at every step: a uint8 accumulator must be folded in time
+        fc.update(w)
+        for n, a in w.items():
+            ref[n] += (a < 0) != prev[n]
+            prev[n] = a < 0
+        if step == 300:  # resync: the current signs become the reference without counting
+            w["a"][0] = 0.0
+            fc.resync("a", w["a"])
+            prev["a"] = w["a"] < 0
+        if step == 400:
+            fc2 = FlipCounter(w)
+            fc2.load_state_dict(fc.state_dict())
+            fc = fc2
+    assert all(np.array_equal(fc.counts[n], ref[n]) for n in w)
+
+
 def test_mask_zeroing_gives_positive_zero_and_touches_only_pruned():
     masks = MaskSet({"w": (4,)})
     masks.prune("w", np.array([1, 3]))
