@@ -7,13 +7,16 @@ Method
   ``Trainer.fit`` (SGD with the trainer's momentum 0.9), batch 32, random inputs and random labels.
 * Variants, each with its own ``Trainer`` (own weights, own onnxruntime session) built from the same artifacts:
     a. no hook;
-    b. flip counting only: a hook calling ``FlipCounter.update`` on the prunable weights after every step;
+    b. flip counting only: a hook calling ``FlipCounter.update`` on the prunable weights after every step (one
+       compiled pass per tensor, onnx_flipout/pruning/kernels.py);
+    b0. the same counts in numpy, three passes per tensor (``np.less``, ``np.not_equal``, ``np.add`` into uint8 with
+       preallocated outputs: the FlipCounter before the kernels), kept as the reference the kernels must beat;
     c. the full ``Pruner`` (``FlipOutScore(p=2)``, ``GeometricSchedule(target, rate 0.5)``), already pruned to 50 %
        right after ``on_start`` so that re-masking gradients and weights touches real indices in every timed step;
     d. as c, plus gradient noise lambda = 0.1 (the pre-drawn pool of ``GradientNoise``).
   The pruners are set up once and keep their state across rounds; their schedule is built for a realistic run
   (``--dataset-size`` samples x 20 epochs), so no pruning event falls inside a timed window (checked).
-* Interleaved rounds a, b, c, d, a, b, c, d, ... after one untimed warm-up round each, so machine noise hits all
+* Interleaved rounds a, b, b0, c, d, a, b, ... after one untimed warm-up round each, so machine noise hits all
   variants alike. Each round is one ``Trainer.fit`` of ``--steps`` steps. A clock hook placed last records the time at
   every ``after_step``; a round's step time is the mean of its whole steps (forward/backward, hooks, momentum,
   optimizer, feeding), so periodic work (the uint8 fold every 255 steps) counts as it costs.
@@ -27,7 +30,7 @@ Method
   Inside real steps the hook meets cold caches: onnxruntime's step evicts the weights and the flip buffers.
 * Pruning events are periodic, not per step: one ``prune_to`` per scheduled event is timed on copies of variant c's
   trained weights and flip counts, and amortized over the steps between events of the realistic run.
-* If the in-step cost of b or c exceeds 10 % (or with ``--profile``), the hook is broken down into its numpy
+* If the in-step cost of b exceeds 10 % (or with ``--profile``), the Pruner's per-step work is broken down into its
   operations and timed one by one (isolated).
 
 Prints, never asserts speed; exits non-zero only on errors.
@@ -82,6 +85,23 @@ class FlipCountHook:
 
     def status(self):
         return {}
+
+
+class NumpyFlipCountHook(FlipCountHook):
+    """Variant b0: the same counts with three numpy passes per tensor and preallocated outputs."""
+
+    def on_start(self, params, total_steps):
+        if self.flips is None:
+            self.flips = {n: (np.less(params[n].data, 0), np.empty(params[n].data.shape, bool),
+                              np.zeros(params[n].data.shape, np.uint8)) for n in self.names}
+
+    def after_step(self, step, params):
+        for name in self.names:
+            prev, cur, recent = self.flips[name]
+            np.less(params[name].data, 0, out=cur)
+            np.not_equal(cur, prev, out=prev)  # prev now holds "flipped"
+            np.add(recent, prev.view(np.uint8), out=recent)
+            self.flips[name] = (cur, prev, recent)  # a real counter folds recent into int32 every 255 steps
 
 
 class PersistentPruner:
@@ -177,27 +197,25 @@ def _copy_params(params: dict[str, ParamView]) -> dict[str, ParamView]:
 
 
 def profile_hook(pruner: Pruner, params: dict[str, ParamView], reps: int) -> list[tuple[str, float]]:
-    """Time the numpy operations of one Pruner step one by one, on copies of the live tensors (ms per step)."""
+    """Time the per-step operations of a Pruner one by one, on copies of the live tensors (ms per step)."""
     params = _copy_params(params)
     names = pruner.names
     grads = {n: params[n].grad for n in names}
     weights = {n: params[n].data for n in names}
-    masks, flips = pruner.masks, pruner.flips
-    cur = {n: np.empty(w.shape, bool) for n, w in weights.items()}
-    prev = {n: np.less(w, 0) for n, w in weights.items()}
-    recent = {n: np.zeros(w.shape, np.uint8) for n, w in weights.items()}
+    masks, flips = pruner.masks, FlipCounter(weights)
+    numpy_counts = NumpyFlipCountHook(names)
+    numpy_counts.on_start(params, 0)
     rows = [
-        ("MaskSet.zero(grads)  [int32 AND]", lambda: masks.zero(grads)),
-        ("MaskSet.zero(weights) [int32 AND]", lambda: masks.zero(weights)),
-        ("FlipCounter.update (total)", lambda: flips.update(weights)),
-        ("  np.less(w, 0, out=cur)", lambda: [np.less(weights[n], 0, out=cur[n]) for n in names]),
-        ("  np.not_equal(cur, prev, out=prev)", lambda: [np.not_equal(cur[n], prev[n], out=prev[n]) for n in names]),
-        ("  np.add(recent, prev.view(uint8))", lambda: [np.add(recent[n], prev[n].view(np.uint8), out=recent[n])
-                                                        for n in names]),
+        ("before: MaskSet.zero(grads)", lambda: masks.zero(grads)),
+        ("after:  FlipCounter.update(keep=masks), one fused pass",
+         lambda: flips.update(weights, masks.zeroing_masks())),
+        ("        MaskSet.zero(weights) alone", lambda: masks.zero(weights)),
+        ("        FlipCounter.update alone", lambda: flips.update(weights)),
+        ("        flip counting in numpy, three passes (b0)", lambda: numpy_counts.after_step(1, params)),
     ]
     if pruner.noise is not None:
         g0 = {n: g.copy() for n, g in grads.items()}
-        rows.append(("GradientNoise.add (total)", lambda: [pruner.noise.add(g) for g in g0.values()]))
+        rows.insert(0, ("before: GradientNoise.add", lambda: [pruner.noise.add(g) for g in g0.values()]))
     return [(label, _median_time(fn, reps) * 1e3) for label, fn in rows]
 
 
@@ -244,6 +262,7 @@ def _run(args, tmp: Path, model) -> int:
     pr_c = Pruner(prunable, FlipOutScore(2.0), schedule)
     pr_d = Pruner(prunable, FlipOutScore(2.0), schedule, noise=args.noise, seed=0)
     hooks = {"a  no hook": None, "b  flip counting": Timed(FlipCountHook(prunable)),
+             "b0 flip counting, numpy 3 passes": Timed(NumpyFlipCountHook(prunable)),
              "c  Pruner (FlipOut, 50 % masked)": Timed(PersistentPruner(pr_c, realistic_total, args.steps)),
              f"d  Pruner + noise {args.noise:g}": Timed(PersistentPruner(pr_d, realistic_total, args.steps))}
     variants = {name: (Trainer(arts, settings), hook) for name, hook in hooks.items()}
@@ -320,13 +339,15 @@ def _run(args, tmp: Path, model) -> int:
     print(f"  mean event {mean_event * 1e3:.1f} ms = {mean_event / bare:.0f} bare steps; amortized "
           f"{amort * 1e3:.4f} ms/step = {100 * amort / bare:.3f} % of a bare step")
 
-    worst = max(in_step[k] for k in list(variants)[1:3])
-    if args.profile or worst > 0.10:
+    flip_cost = in_step["b  flip counting"]
+    print(f"flip counting in-step: {100 * flip_cost:.1f} % of a bare step (criterion: at most 10 %); "
+          f"numpy's three passes (b0) cost {in_step['b0 flip counting, numpy 3 passes'] / flip_cost:.2f}x as much")
+    if args.profile or flip_cost > 0.10:
         print()
-        print(f"profile of the Pruner hook of variant d (in-step cost of b or c = {100 * worst:.1f} % of a step"
-              f"{' > 10 %' if worst > 0.10 else ''}); isolated ms per step, median of 50, copies of the live tensors:")
+        print("profile of the per-step work of variant d's Pruner; isolated ms per step, median of 50, on copies of "
+              "the live tensors:")
         for label, ms in profile_hook(pr_d, variants[f"d  Pruner + noise {args.noise:g}"][0].params, 50):
-            print(f"  {label:50s} {ms:8.3f}")
+            print(f"  {label:56s} {ms:8.3f}")
     print()
     print(f"total benchmark time {time.perf_counter() - t_start:.0f} s")
     return 0

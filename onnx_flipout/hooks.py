@@ -1,7 +1,8 @@
 """The contract between the fine-tuning loop and everything that watches or edits it.
 
 The trainer (onnx_flipout.runtime.trainer) knows nothing about pruning: it runs steps and calls hooks with zero-copy
-views of the live parameters. Flip counting, masking, noise and pruning are hooks, written in plain numpy.
+views of the live parameters. Flip counting, masking, noise and pruning are hooks: numpy, with their per-step
+loops compiled by numba (pruning/kernels.py).
 Hooks that hold state implement StatefulHook's optional state_dict/load_state_dict, so a run can resume.
 """
 

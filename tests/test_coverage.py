@@ -1,9 +1,9 @@
-"""The fast subset of benchmarks/coverage.py: real exporter graphs compressed end to end, each in its own process.
+"""The fast subset of benchmarks/model_coverage.py: real exporter graphs compressed end to end, each in its own process.
 
 Each case exercises different repairs: LeNet (dynamo: AveragePool, whose gradient kills the process unrepaired),
 the transformer (TorchScript: LayerNorm outputs/bias, Identity-tied norms), the 1-D net (dynamo: ELU, PReLU),
 the GRU (TorchScript: unrolled), SqueezeNet (model zoo: opset 9, IR 3 initializer inputs, batch 1, Dropout).
-The full set with its table: python benchmarks/coverage.py
+The full set with its table: python benchmarks/model_coverage.py
 """
 
 import importlib.util
@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-_spec = importlib.util.spec_from_file_location("coverage_bench", ROOT / "benchmarks" / "coverage.py")
+_spec = importlib.util.spec_from_file_location("coverage_bench", ROOT / "benchmarks" / "model_coverage.py")
 coverage = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = coverage  # dataclasses look their module up while the module runs
 _spec.loader.exec_module(coverage)

@@ -1,6 +1,6 @@
 """Real architectures built in code (random init, nothing downloaded), exported by both torch exporters.
 
-Used by tests/test_coverage.py (a fast subset) and benchmarks/coverage.py (all of them). Not a test module.
+Used by tests/test_coverage.py (a fast subset) and benchmarks/model_coverage.py (all of them). Not a test module.
 Each entry of ARCHITECTURES is (builder, example-input maker); inputs are small so a few training steps are cheap.
 The activations are chosen to exercise the repairs: LeNet uses average pooling (as the original did), the
 MobileNet head uses HardSwish (as MobileNetV3 does), the 1-D net uses ELU and PReLU.

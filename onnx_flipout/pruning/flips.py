@@ -4,15 +4,16 @@ Apostol et al., "FlipOut: Uncovering Redundant Weights via Sign Flipping" (2020)
 weight whose sign differs from its sign before the step has flipped once. Weights that flip often oscillate around
 zero and are likely redundant.
 
-This runs after every step, so it must be cheap (benchmarks/flip_hook_cost.py): every operation writes into
-preallocated buffers, and flips accumulate in uint8 (a same-type add is ~6x faster than adding bools into int32),
-folded into the int32 totals every 255 steps, before a uint8 could overflow, and whenever counts are read.
+This runs after every step, so it must be cheap (benchmarks/flip_hook_cost.py): one compiled pass per tensor
+(kernels.py) compares signs and accumulates flips in uint8, a quarter of the memory traffic of int32; the uint8
+counts are folded into the int32 totals every 255 steps, before one could overflow, and whenever counts are read.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .masks import check_saved
 
 _FOLD_EVERY = 255
@@ -25,7 +26,6 @@ class FlipCounter:
         self._totals = {n: np.zeros(w.shape, dtype=np.int32) for n, w in weights.items()}
         self._recent = {n: np.zeros(w.shape, dtype=np.uint8) for n, w in weights.items()}
         self._prev_neg = {n: np.less(w, 0) for n, w in weights.items()}
-        self._cur_neg = {n: np.empty(w.shape, dtype=bool) for n, w in weights.items()}
         self._pending = 0
 
     @property
@@ -34,14 +34,17 @@ class FlipCounter:
         self._fold()
         return self._totals
 
-    def update(self, weights: dict[str, np.ndarray]) -> None:
-        """Compare each tensor's signs with the previous call's and add the flips."""
+    def update(self, weights: dict[str, np.ndarray], keep: dict[str, np.ndarray | None] | None = None) -> None:
+        """Compare each tensor's signs with the previous call's and add the flips.
+
+        `keep` (MaskSet.zeroing_masks): zero the pruned weights first, in the same pass over memory."""
         for name, w in weights.items():
-            cur, prev = self._cur_neg[name], self._prev_neg[name]
-            np.less(w, 0, out=cur)
-            np.not_equal(cur, prev, out=prev)  # prev now holds "flipped", reused as scratch
-            np.add(self._recent[name], prev.view(np.uint8), out=self._recent[name])
-            self._prev_neg[name], self._cur_neg[name] = cur, prev
+            prev, recent = kernels.flat(self._prev_neg[name]), kernels.flat(self._recent[name])
+            mask = keep.get(name) if keep is not None else None
+            if mask is None:
+                kernels.count_flips(kernels.flat(w), prev, recent)
+            else:
+                kernels.zero_pruned_count_flips(kernels.flat(w), kernels.flat(mask), prev, recent)
         self._pending += 1
         if self._pending == _FOLD_EVERY:
             self._fold()

@@ -1,13 +1,16 @@
 """Keep-masks of prunable tensors: True = the weight is alive. Pruned weights stay exactly zero.
 
-Zeroing runs twice per step (gradients before it, weights after it), so it must be cheap at any sparsity: a
-bitwise AND of the float32 bits with a precomputed int32 mask (all ones = keep, 0 = prune) costs one pass and gives
-exact +0.0, where a scatter to pruned indices slows down as sparsity grows (benchmarks/flip_hook_cost.py).
+Zeroing runs twice per step (gradients before it, weights after it), so it must be cheap at any sparsity: one
+compiled pass over the boolean mask (kernels.py) gives exact +0.0, where a numpy scatter to pruned indices slows
+down as sparsity grows and a bitwise AND with an int32 mask reads four times the mask bytes
+(benchmarks/flip_hook_cost.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from . import kernels
 
 
 class MaskSet:
@@ -15,7 +18,6 @@ class MaskSet:
 
     def __init__(self, shapes: dict[str, tuple[int, ...]]):
         self.keep = {n: np.ones(s, dtype=bool) for n, s in shapes.items()}
-        self._bits = {n: np.full(s, -1, dtype=np.int32) for n, s in shapes.items()}
         self._n_pruned = {n: 0 for n in shapes}
 
     @property
@@ -36,7 +38,6 @@ class MaskSet:
     def prune(self, name: str, flat_idx: np.ndarray) -> None:
         """Mark flat indices of `name` as pruned (idempotent)."""
         self.keep[name].reshape(-1)[flat_idx] = False
-        self._bits[name].reshape(-1)[flat_idx] = 0
         self._n_pruned[name] = int(self.keep[name].size - np.count_nonzero(self.keep[name]))
 
     def zero(self, arrays: dict[str, np.ndarray]) -> None:
@@ -44,11 +45,15 @@ class MaskSet:
         for name, a in arrays.items():
             if not self._n_pruned.get(name):
                 continue
-            if a.dtype == np.float32 and a.flags.c_contiguous:
-                bits = a.view(np.int32)
-                np.bitwise_and(bits, self._bits[name], out=bits)
+            if a.flags.c_contiguous:
+                kernels.zero_pruned(a.reshape(-1), self.keep[name].reshape(-1))
             else:
                 a[~self.keep[name]] = 0
+
+    def zeroing_masks(self) -> dict[str, np.ndarray | None]:
+        """The keep-mask of every tensor with pruned weights (None where nothing is pruned), for kernels that zero
+        and do more in the same pass (FlipCounter.update)."""
+        return {n: m if self._n_pruned[n] else None for n, m in self.keep.items()}
 
     def state(self) -> dict[str, np.ndarray]:
         return {n: m.copy() for n, m in self.keep.items()}

@@ -1,7 +1,8 @@
 """FlipOut's optional gradient noise: N(0, sigma^2) with sigma = lambda * ||g||_2 / sqrt(n), per tensor.
 
 Drawing fresh normals every step more than doubles the step cost (FIELD-NOTES: +120 %); slicing a pre-drawn pool at
-a random offset costs about +6 % and is statistically fine for this purpose.
+a random offset costs about +6 % and is statistically fine for this purpose. The scaled pool is added in one compiled
+pass (kernels.add_scaled), without the whole-tensor temporary numpy's `grad += sigma * pool` makes.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from . import kernels
 
 
 class GradientNoise:
@@ -21,12 +24,12 @@ class GradientNoise:
 
     def add(self, grad: np.ndarray) -> None:
         n = grad.size
-        # a Python float: an np.float64 sigma would make numpy build a float64 temporary of the whole tensor
         sigma = self.scale * float(np.linalg.norm(grad.reshape(-1))) / math.sqrt(n)
         if sigma == 0.0:
             return
         start = int(self._rng.integers(0, self._pool.size - n + 1))
-        grad.reshape(-1)[:] += sigma * self._pool[start : start + n]
+        # sigma in float32, as numpy rounds a Python float that scales a float32 array
+        kernels.add_scaled(kernels.flat(grad), self._pool[start : start + n], np.float32(sigma))
 
     def state_dict(self) -> dict:
         """The generator's position: the pool itself is redrawn from the seed, so only the offsets' stream is saved."""

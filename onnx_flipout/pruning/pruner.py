@@ -10,7 +10,7 @@ and the last step seen; load_state_dict() before on_start makes on_start continu
 fired never fires again and the schedule is checked to be the one the state was saved under.
 
 Scores that need more than weights and flips (gradients, layer inputs) get them from `Probes`: callables the runtime
-supplies, so this module stays plain numpy and never imports onnxruntime.
+supplies, so this module stays numpy (and numba kernels) and never imports onnxruntime.
 """
 
 from __future__ import annotations
@@ -101,9 +101,10 @@ class Pruner:
 
     def after_step(self, step: int, params: dict[str, ParamView]) -> None:
         weights = self._weights(params)
-        self.masks.zero(weights)
         if self.flips is not None:
-            self.flips.update(weights)
+            self.flips.update(weights, keep=self.masks.zeroing_masks())  # zeroes pruned weights, then counts
+        else:
+            self.masks.zero(weights)
         self._step = step
         event = self._events.get(step)
         if event is not None:

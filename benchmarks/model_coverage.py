@@ -16,7 +16,7 @@ End to end = the first four. Agreement is reported, not required: these networks
 a random network's weights (no redundancy to remove) with a few steps of distillation on noise says more about the
 weights than about the pipeline; --control runs each case again at sparsity 0 (repairs, fine-tuning, int8 only).
 
-usage: python benchmarks/coverage.py [--fast] [--only NAME ...] [--control] [--deploy-python PATH] [--json FILE]
+usage: python benchmarks/model_coverage.py [--fast] [--only NAME ...] [--control] [--deploy-python PATH] [--json FILE]
 """
 
 from __future__ import annotations
