@@ -7,8 +7,10 @@ Method
   ``Trainer.fit`` (SGD with the trainer's momentum 0.9), batch 32, random inputs and random labels.
 * Variants, each with its own ``Trainer`` (own weights, own onnxruntime session) built from the same artifacts:
     a. no hook;
+    a0. no hook, with the trainer's SGD momentum in numpy (four passes per tensor: the trainer before its kernel),
+       to show what the momentum kernel saves every step;
     b. flip counting only: a hook calling ``FlipCounter.update`` on the prunable weights after every step (one
-       compiled pass per tensor, onnx_flipout/pruning/kernels.py);
+       compiled pass per tensor, onnx_flipout/kernels.py);
     b0. the same counts in numpy, three passes per tensor (``np.less``, ``np.not_equal``, ``np.add`` into uint8 with
        preallocated outputs: the FlipCounter before the kernels), kept as the reference the kernels must beat;
     c. the full ``Pruner`` (``FlipOutScore(p=2)``, ``GeometricSchedule(target, rate 0.5)``), already pruned to 50 %
@@ -56,7 +58,7 @@ from onnx_flipout.pruning.schedule import GeometricSchedule
 from onnx_flipout.pruning.scores import FlipOutScore
 from onnx_flipout.runtime.artifacts import build_artifacts
 from onnx_flipout.runtime.losses import LossSpec
-from onnx_flipout.runtime.trainer import Trainer, TrainSettings
+from onnx_flipout.runtime.trainer import Trainer, TrainSettings, _Momentum
 
 LAYERS = (1024, 768, 256, 10)
 BATCH = 32
@@ -85,6 +87,18 @@ class FlipCountHook:
 
     def status(self):
         return {}
+
+
+class NumpyMomentum(_Momentum):
+    """Variant a0: the trainer's momentum as four numpy passes (weight decay, scale, add, copy back)."""
+
+    def apply(self, params):
+        for name, p in params.items():
+            self.apply_numpy(name, p)
+
+
+class NumpyMomentumTrainer(Trainer):
+    momentum_type = NumpyMomentum
 
 
 class NumpyFlipCountHook(FlipCountHook):
@@ -267,6 +281,8 @@ def _run(args, tmp: Path, model) -> int:
              f"d  Pruner + noise {args.noise:g}": Timed(PersistentPruner(pr_d, realistic_total, args.steps))}
     variants = {name: (Trainer(arts, settings), hook) for name, hook in hooks.items()}
     bare_name = next(iter(variants))
+    variants = {bare_name: variants.pop(bare_name),
+                "a0 no hook, numpy momentum": (NumpyMomentumTrainer(arts, settings), None), **variants}
 
     clock = StepClock()
     step_s: dict[str, list[float]] = {k: [] for k in variants}  # per round: mean step
@@ -322,10 +338,11 @@ def _run(args, tmp: Path, model) -> int:
     for name in variants:
         rounds = np.array(step_s[name])
         line = f"{name:36s} {np.median(rounds) * 1e3:8.3f}"
+        if name != bare_name:
+            line += f" {100 * float(np.median((rounds - bare_rounds) / bare_rounds)):+10.1f}%"
         if hook_s[name]:
-            delta = float(np.median((rounds - bare_rounds) / bare_rounds))
             in_step[name] = float(np.median(np.array(hook_s[name]) / bare_rounds))
-            line += (f" {100 * delta:+10.1f}% {np.median(hook_s[name]) * 1e3:10.3f} ms {100 * in_step[name]:6.1f}% "
+            line += (f" {np.median(hook_s[name]) * 1e3:10.3f} ms {100 * in_step[name]:6.1f}% "
                      f"{iso_s[name] * 1e3:11.3f} ms {100 * iso_s[name] / bare:6.1f}%")
         print(line)
     print("per-round mean steps, min..max ms: " +

@@ -2,7 +2,7 @@
 
 The trainer (onnx_flipout.runtime.trainer) knows nothing about pruning: it runs steps and calls hooks with zero-copy
 views of the live parameters. Flip counting, masking, noise and pruning are hooks: numpy, with their per-step
-loops compiled by numba (pruning/kernels.py).
+loops compiled by numba (onnx_flipout/kernels.py).
 Hooks that hold state implement StatefulHook's optional state_dict/load_state_dict, so a run can resume.
 """
 

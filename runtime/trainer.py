@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from onnx_flipout import kernels
 from onnx_flipout.errors import CheckpointError, TrainingError
 from onnx_flipout.hooks import ParamView, TrainingHook
 
@@ -57,17 +58,27 @@ class _Momentum:
 
     def apply(self, params: dict[str, ParamView]) -> None:
         for name, p in params.items():
-            g = p.grad
-            if self.wd:
-                g += self.wd * p.data
-            if self.mu:
-                buf = self.buf[name]
-                if buf is None:
-                    self.buf[name] = buf = g.copy()
-                else:
-                    buf *= self.mu
-                    buf += g
-                g[...] = buf
+            buf = self.buf[name]
+            if self.mu and buf is not None and p.grad.dtype == np.float32:
+                # one compiled pass instead of four numpy ones, bit for bit the same (tests/test_kernels.py)
+                kernels.momentum(kernels.flat(p.grad), kernels.flat(buf), kernels.flat(p.data), np.float32(self.mu),
+                                 np.float32(self.wd))
+            else:
+                self.apply_numpy(name, p)
+
+    def apply_numpy(self, name: str, p: ParamView) -> None:
+        """The same update in numpy: the first step (it creates the buffer), other dtypes, the benchmark's reference."""
+        g = p.grad
+        if self.wd:
+            g += self.wd * p.data
+        if self.mu:
+            buf = self.buf[name]
+            if buf is None:
+                self.buf[name] = buf = g.copy()
+            else:
+                buf *= self.mu
+                buf += g
+            g[...] = buf
 
     def state_dict(self) -> dict:
         return {n: None if b is None else b.copy() for n, b in self.buf.items()}
@@ -100,6 +111,8 @@ def _batches(n: int, batch_size: int, seed: int, per_epoch: int, first: int, tot
 class Trainer:
     """`checkpoints`: where to save them (None: never); `resume`: a validated checkpoint to continue from."""
 
+    momentum_type = _Momentum  # benchmarks/flip_hook_cost.py swaps in the numpy version to measure the kernel
+
     def __init__(self, artifacts: TrainingArtifacts, settings: TrainSettings,
                  checkpoints: CheckpointStore | None = None, resume: Snapshot | None = None):
         import onnxruntime as ort
@@ -128,7 +141,7 @@ class Trainer:
         total = per_epoch * s.epochs
         feed_names = self.module.input_names()
         target_name = next(name for name in feed_names if name not in inputs)
-        momentum = _Momentum(self.params, s.momentum, s.weight_decay) if self.momentum_sgd else None
+        momentum = self.momentum_type(self.params, s.momentum, s.weight_decay) if self.momentum_sgd else None
         history, losses = TrainHistory(), []  # losses: this epoch's so far
         if self.resume is not None:
             losses = self._restore(self.resume, momentum, history, per_epoch, total)

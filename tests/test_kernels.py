@@ -1,10 +1,10 @@
-"""The compiled per-step loops (onnx_flipout/pruning/kernels.py) against the numpy expressions they replace, bit for
+"""The compiled per-step loops (onnx_flipout/kernels.py) against the numpy expressions they replace, bit for
 bit, on special values (signed zeros, infinities, NaN, denormals) as well as ordinary ones."""
 
 import numpy as np
 import pytest
 
-from onnx_flipout.pruning import kernels
+from onnx_flipout import kernels
 from onnx_flipout.pruning.flips import FlipCounter
 from onnx_flipout.pruning.masks import MaskSet
 
@@ -19,6 +19,13 @@ def _values(dtype, n=4099, seed=0):
 
 def _bits(a):
     return a.view(np.uint8).copy()
+
+
+def _same(a, b):
+    """Bit for bit, signed zeros included, except NaN payloads: which operand's NaN propagates is up to the CPU
+    instruction (numpy's SIMD loops and a scalar loop may pick differently), and no result depends on it."""
+    nan = np.isnan(a)
+    return np.array_equal(nan, np.isnan(b)) and np.array_equal(_bits(np.where(nan, 0, a)), _bits(np.where(nan, 0, b)))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -91,3 +98,23 @@ def test_counting_with_keep_equals_zeroing_then_counting():
         assert all(np.array_equal(w1[n], w2[n]) for n in shapes)
     assert all(np.array_equal(fused.counts[n], separate.counts[n]) for n in shapes)
     assert fused.counts["a"].reshape(-1)[~masks.keep["a"].reshape(-1)].max() <= 1  # pruned: at most the first zeroing
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # inf - inf in the numpy reference, on purpose
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_momentum_equals_numpy_sgd_momentum(wd):
+    """The trainer's numpy momentum (its path for the first step) and the kernel, over steps, bit for bit."""
+    rng = np.random.default_rng(9)
+    w = _values(np.float32, seed=10)
+    buf_np = rng.normal(size=w.size).astype(np.float32)
+    buf_k = buf_np.copy()
+    for step in range(5):
+        g = _values(np.float32, seed=20 + step)
+        g_np, g_k = g.copy(), g.copy()
+        if wd:
+            g_np += wd * w
+        buf_np *= 0.9
+        buf_np += g_np
+        g_np[...] = buf_np
+        kernels.momentum(g_k, buf_k, w, np.float32(0.9), np.float32(wd))
+        assert _same(g_k, g_np) and _same(buf_k, buf_np)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from .. import kernels
 from .masks import check_saved
 
 _FOLD_EVERY = 255

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from .. import kernels
 
 
 class MaskSet:

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from . import kernels
+from .. import kernels
 
 
 class GradientNoise:

@@ -1,9 +1,9 @@
-"""The per-step loops of the pruning hooks, each compiled into one pass over memory with numba.
+"""The per-step loops of training and pruning, each compiled into one pass over memory with numba.
 
-Every training step zeroes pruned gradients, zeroes pruned weights and counts sign flips. In numpy, flip counting
-alone is three passes (compare, not-equal, add) with a temporary, and inside real training steps, where
-onnxruntime has just pushed the hooks' buffers out of the cache, memory traffic is what costs. One fused pass halves
-it (benchmarks/flip_hook_cost.py measures both). The results are bit for bit those of the numpy expressions in each
+Every training step applies SGD momentum, zeroes pruned gradients, zeroes pruned weights and counts sign flips. In
+numpy, flip counting alone is three passes (compare, not-equal, add) and momentum three more, and inside real
+training steps, where onnxruntime has just pushed these buffers out of the cache, memory traffic is what costs. One
+fused pass roughly halves it (benchmarks/flip_hook_cost.py measures flip counting both ways). The results are bit for bit those of the numpy expressions in each
 docstring: IEEE float32 arithmetic without fast-math, no reordering.
 
 The kernels take 1-D C-contiguous views; `flat` makes them and refuses arrays a reshape would copy, since writing
@@ -59,3 +59,14 @@ def add_scaled(a, b, scale):
     """a += scale * b, with `scale` of a's dtype (as numpy does for a Python float), without a temporary."""
     for i in range(a.size):
         a[i] += scale * b[i]
+
+
+@_jit
+def momentum(g, buf, w, mu, wd):
+    """g += wd * w (only when wd); buf *= mu; buf += g; g[...] = buf: torch.optim.SGD's momentum buffer, in numpy's
+    float32 order (mu and wd of g's dtype)."""
+    for i in range(g.size):
+        gi = g[i] + wd * w[i] if wd else g[i]  # skipped at 0, as numpy skips it: 0 * inf would be NaN
+        b = buf[i] * mu + gi
+        buf[i] = b
+        g[i] = b
