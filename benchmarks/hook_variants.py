@@ -13,7 +13,6 @@ from onnx_flipout.pruning.pruner import Pruner
 from onnx_flipout.runtime.trainer import Trainer, _Momentum
 
 
-
 class FlipCountHook:
     """Variant b: only FlipCounter.update after every step (state kept across fit calls)."""
 
@@ -36,7 +35,7 @@ class FlipCountHook:
 
 
 class NumpyMomentum(_Momentum):
-    """Variant a0: the trainer's momentum as four numpy passes (weight decay, scale, add, copy back)."""
+    """Variant a0: the trainer's momentum as numpy passes (scale, add, copy back; weight decay adds a fourth)."""
 
     def apply(self, params):
         for name, p in params.items():

@@ -1,10 +1,11 @@
 """The per-step loops of training and pruning, each compiled into one pass over memory with numba.
 
 Every training step applies SGD momentum, zeroes pruned gradients, zeroes pruned weights and counts sign flips. In
-numpy, flip counting alone is three passes (compare, not-equal, add) and momentum three more, and inside real
-training steps, where onnxruntime has just pushed these buffers out of the cache, memory traffic is what costs. One
-fused pass roughly halves it (benchmarks/flip_hook_cost.py measures flip counting both ways). The results are bit for bit those of the numpy expressions in each
-docstring: IEEE float32 arithmetic without fast-math, no reordering.
+numpy, flip counting alone is three passes (compare, not-equal, add) and momentum three more (four with weight
+decay), and inside real training steps, where onnxruntime has just pushed these buffers out of the cache, memory
+traffic is what costs. One fused pass costs about two thirds of numpy's time (benchmarks/flip_hook_cost.py measures
+both). The results are bit for bit those of the numpy expressions in each docstring: IEEE float32 arithmetic
+without fast-math, no reordering.
 
 The kernels take 1-D C-contiguous views; `flat` makes them and refuses arrays a reshape would copy, since writing
 into a copy would silently drop the edit. Compiled code is cached on disk (numba `cache=True`), so only the first
@@ -22,17 +23,22 @@ _jit = numba.njit(cache=True, nogil=True, boundscheck=False)
 def flat(a: np.ndarray) -> np.ndarray:
     """A 1-D view sharing `a`'s memory."""
     if not a.flags.c_contiguous:
-        raise ValueError(f"pruning kernels need C-contiguous arrays, got strides {a.strides} for shape {a.shape}")
+        raise ValueError(f"the compiled kernels need C-contiguous arrays, got strides {a.strides} for shape {a.shape}")
     return a.reshape(-1)
+
+
+@numba.njit(inline="always")
+def _count_flip(w, prev_neg, recent, i):
+    neg = w[i] < 0
+    recent[i] += neg != prev_neg[i]
+    prev_neg[i] = neg
 
 
 @_jit
 def count_flips(w, prev_neg, recent):
     """neg = w < 0; recent += neg != prev_neg; prev_neg = neg (recent: uint8, the caller folds it in time)."""
     for i in range(w.size):
-        neg = w[i] < 0
-        recent[i] += neg != prev_neg[i]
-        prev_neg[i] = neg
+        _count_flip(w, prev_neg, recent, i)
 
 
 @_jit
@@ -49,9 +55,7 @@ def zero_pruned_count_flips(w, keep, prev_neg, recent):
     for i in range(w.size):
         if not keep[i]:
             w[i] = 0
-        neg = w[i] < 0
-        recent[i] += neg != prev_neg[i]
-        prev_neg[i] = neg
+        _count_flip(w, prev_neg, recent, i)
 
 
 @_jit

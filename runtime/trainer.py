@@ -60,7 +60,7 @@ class _Momentum:
         for name, p in params.items():
             buf = self.buf[name]
             if self.mu and buf is not None and p.grad.dtype == np.float32:
-                # one compiled pass instead of four numpy ones, bit for bit the same (tests/test_kernels.py)
+                # one compiled pass instead of three or four numpy ones, bit for bit the same (tests/test_kernels.py)
                 kernels.momentum(kernels.flat(p.grad), kernels.flat(buf), kernels.flat(p.data), np.float32(self.mu),
                                  np.float32(self.wd))
             else:
